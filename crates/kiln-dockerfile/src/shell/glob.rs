@@ -31,13 +31,17 @@ enum Token {
 const NONE: usize = usize::MAX;
 
 /// Compiles a shell pattern; the error text is what Go reports for a bad escape.
-fn compile(pattern: &str) -> Result<Vec<Token>, String> {
+///
+/// `Ok(None)` when the pattern has more than `max_fixed` non-star tokens, so that it cannot
+/// match a text of `max_fixed` characters (the whole pattern is still checked for errors).
+fn compile(pattern: &str, max_fixed: usize) -> Result<Option<Vec<Token>>, String> {
     let mut chars = pattern.chars().peekable();
     // Go's text/scanner silently drops a byte order mark at the very start of its input.
     if chars.peek() == Some(&'\u{feff}') {
         chars.next();
     }
-    let mut tokens = Vec::with_capacity(pattern.len());
+    let mut tokens = Vec::new();
+    let mut fixed = 0;
     while let Some(c) = chars.next() {
         let token = match c {
             '*' => Token::Star,
@@ -60,13 +64,17 @@ fn compile(pattern: &str) -> Result<Vec<Token>, String> {
             }
             c => Token::Lit(c),
         };
-        // `**` prefers exactly the ends `*` prefers, greedy or lazy.
-        if token == Token::Star && tokens.last() == Some(&Token::Star) {
+        if token != Token::Star {
+            fixed += 1;
+        } else if tokens.last() == Some(&Token::Star) {
+            // `**` prefers exactly the ends `*` prefers, greedy or lazy.
             continue;
         }
-        tokens.push(token);
+        if fixed <= max_fixed {
+            tokens.push(token);
+        }
     }
-    Ok(tokens)
+    Ok((fixed <= max_fixed).then_some(tokens))
 }
 
 /// For every start position `p` in `text` (0..=len), the end of the match the regexp engine
@@ -149,9 +157,9 @@ fn invalid(pattern: &str, err: String) -> String {
 
 /// `${value#pattern}` (`greedy` = `##`): removes the preferred match anchored at the start.
 pub(super) fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
-    let tokens = compile(pattern).map_err(|e| invalid(pattern, e))?;
     let text: Vec<char> = value.chars().collect();
-    let end = match_ends(&tokens, &text, greedy, true)[0];
+    let compiled = compile(pattern, text.len()).map_err(|e| invalid(pattern, e))?;
+    let end = compiled.map_or(NONE, |tokens| match_ends(&tokens, &text, greedy, true)[0]);
     if end == NONE {
         return Ok(value.to_owned());
     }
@@ -201,10 +209,12 @@ pub(super) fn replace(
     all: bool,
     limit: usize,
 ) -> Result<String, String> {
-    let tokens = compile(pattern).map_err(|e| invalid(pattern, e))?;
     let text: Vec<char> = value.chars().collect();
-    let ends = match_ends(&tokens, &text, true, false);
     let len = text.len();
+    let Some(tokens) = compile(pattern, len).map_err(|e| invalid(pattern, e))? else {
+        return Ok(value.to_owned());
+    };
+    let ends = match_ends(&tokens, &text, true, false);
     let slice = |a: usize, b: usize| -> String { text[a..b].iter().collect() };
 
     if !all {
@@ -347,7 +357,9 @@ mod tests {
 
     #[test]
     fn stars_merge_and_long_patterns_fail_fast() {
-        let tokens = compile("a**?***").unwrap();
+        assert_eq!(compile("a**?***", 1), Ok(None));
+        assert!(compile("abc\\x", 1).is_err());
+        let tokens = compile("a**?***", 2).unwrap().unwrap();
         assert_eq!(
             tokens,
             [Token::Lit('a'), Token::Star, Token::Any, Token::Star]
