@@ -73,7 +73,11 @@ fn parse_json_has_typed_stages_and_plan() {
     dir.write(
         "Dockerfile",
         "ARG V=1\nFROM alpine:${V} AS base\nRUN --mount=type=cache,target=/c make\n\
-         FROM base AS test\nRUN exit 1\nFROM scratch\nCOPY --from=base --chmod=755 /app /app\n",
+         FROM base AS test\nRUN exit 1\nFROM scratch\nCOPY --from=base --chmod=755 /app /app\n\
+         ADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://x/y /y\n\
+         ARG A B=2\nENV E=1 F=2\nLABEL l=1\nMAINTAINER me\nEXPOSE 80 53/udp\nVOLUME /v\nUSER u\n\
+         WORKDIR /w\nONBUILD RUN echo hi\nSTOPSIGNAL SIGTERM\nHEALTHCHECK --interval=5s CMD [\"true\"]\n\
+         SHELL [\"/bin/sh\", \"-c\"]\nCMD [\"sh\"]\nENTRYPOINT exec app\n",
     );
     let (out, stdout, stderr) = run(&mut dir.kiln(&["parse", "--json", "--build-arg", "V=3.20"]));
     assert!(out.status.success(), "{stderr}");
@@ -87,10 +91,46 @@ fn parse_json_has_typed_stages_and_plan() {
     assert_eq!(v["plan"]["target"], 2);
     let run0 = &v["dockerfile"]["stages"][0]["instructions"][0]["command"];
     assert_eq!(run0["instruction"], "RUN");
-    assert_eq!(run0["mounts"][0]["kind"], "cache");
-    let copy = &v["dockerfile"]["stages"][2]["instructions"][0]["command"];
+    assert_eq!(run0["args"]["mounts"][0]["kind"], "cache");
+    let last = &v["dockerfile"]["stages"][2]["instructions"];
+    let copy = &last[0]["command"]["args"];
     assert_eq!(copy["chmod"], "755");
     assert_eq!(copy["from"], "base");
+    let kinds: Vec<&str> = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["command"]["instruction"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "COPY",
+            "COPY",
+            "ARG",
+            "ENV",
+            "LABEL",
+            "MAINTAINER",
+            "EXPOSE",
+            "VOLUME",
+            "USER",
+            "WORKDIR",
+            "ONBUILD",
+            "STOPSIGNAL",
+            "HEALTHCHECK",
+            "SHELL",
+            "CMD",
+            "ENTRYPOINT"
+        ]
+    );
+    assert_eq!(last[0]["command"]["args"]["is_add"], false);
+    assert_eq!(last[1]["command"]["args"]["is_add"], true);
+    assert_eq!(last[3]["command"]["args"][1]["key"], "F");
+    assert_eq!(
+        last[12]["command"]["args"]["cmd"]["interval_ns"],
+        5_000_000_000u64
+    );
+    assert_eq!(last[10]["command"]["args"]["expression"], "RUN echo hi");
 
     let (out, stdout, _) = run(&mut dir.kiln(&["parse", "--json", "--target", "test"]));
     assert!(out.status.success());

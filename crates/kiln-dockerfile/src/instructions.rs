@@ -213,7 +213,11 @@ pub struct OnbuildCmd {
 
 /// Every Dockerfile instruction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "instruction", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(
+    tag = "instruction",
+    content = "args",
+    rename_all = "SCREAMING_SNAKE_CASE"
+)]
 pub enum Command {
     /// `FROM`.
     From(FromCmd),

@@ -284,10 +284,7 @@ impl Dockerfile {
 
     /// The values of the global ARGs (meta args with build-arg overrides, plus the automatic
     /// platform args) used to expand `FROM` lines, and the names of build args they consumed.
-    pub fn global_args(
-        &self,
-        opts: &BuildOptions,
-    ) -> Result<(Vars, BTreeSet<String>), Error> {
+    pub fn global_args(&self, opts: &BuildOptions) -> Result<(Vars, BTreeSet<String>), Error> {
         let lexer = Lexer::new(self.escape);
         let mut vals = opts.platform_args();
         let mut used = BTreeSet::new();
