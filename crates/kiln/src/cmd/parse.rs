@@ -32,10 +32,10 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct JsonOutput<'a> {
-    dockerfile: &'a Dockerfile,
     plan: &'a kiln_dockerfile::stages::Plan,
     /// Stages grouped so that each group only needs earlier groups.
     waves: Vec<Vec<usize>>,
+    dockerfile: &'a Dockerfile,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
