@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn span_past_line_end_and_multibyte() {
         let src = "FROM a\nRUN ünïcode \\\n  more\n".as_bytes();
-        let start = src.iter().position(|&b| b == b'R').unwrap();
+        let start = src.windows(3).position(|w| w == b"RUN").unwrap();
         let d = Diagnostic {
             severity: Severity::Warning,
             message: "w",
