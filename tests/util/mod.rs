@@ -76,3 +76,10 @@ pub fn run(cmd: &mut Command) -> (Output, String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out, stdout, stderr)
 }
+
+pub mod dockerd;
+pub mod fixtures;
+pub mod podman;
+pub mod registry;
+pub mod tools;
+pub mod unpriv;
