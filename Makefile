@@ -3,15 +3,40 @@
 CARGO ?= cargo
 KILN  := target/release/kiln
 
-.PHONY: all build demo test lint fmt bench clean
+.PHONY: all build deps demo test lint fmt bench clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
-## demo: build kiln and run it on the example project in examples/hello.
-demo: build
+## deps: the Debian packages the tests use (installed when run as root, listed otherwise).
+deps:
+	@scripts/install-deps.sh
+
+GENESIS_ROOTFS := examples/genesis/busybox.tar.xz
+$(GENESIS_ROOTFS): scripts/make-busybox-rootfs.sh
+	scripts/make-busybox-rootfs.sh $@
+
+DEMO_ROOT ?= $(CURDIR)/target/demo-store
+
+## demo: build kiln, build examples/genesis into a store, show it, run it if docker is up.
+demo: deps build $(GENESIS_ROOTFS)
+	@echo "== kiln build: examples/genesis (FROM scratch, ADD busybox.tar.xz /, CMD [\"sh\"])"
+	$(KILN) --root $(DEMO_ROOT) build -t genesis:latest -o target/genesis.tar examples/genesis
+	@echo
+	$(KILN) --root $(DEMO_ROOT) images
+	@echo
+	$(KILN) --root $(DEMO_ROOT) inspect genesis
+	@echo
+	@if /usr/bin/docker info >/dev/null 2>&1; then \
+		echo "== docker load + run"; \
+		/usr/bin/docker load -i target/genesis.tar && \
+		/usr/bin/docker run --rm --pull=never --network none genesis sh -c 'echo hello from genesis'; \
+	else \
+		echo "(no docker daemon running: load it elsewhere with: docker load -i target/genesis.tar)"; \
+	fi
+	@echo
 	@echo "== kiln parse: the syntax tree (BuildKit's dump format)"
 	$(KILN) parse -f examples/hello/Dockerfile
 	@echo
@@ -25,7 +50,7 @@ demo: build
 	-$(KILN) check -f examples/broken/Dockerfile examples/broken
 
 ## test: formatting, lints, and every test (unit, corpus, end-to-end, robustness).
-test: lint
+test: deps lint
 	$(CARGO) test --workspace --locked
 
 lint:

@@ -79,6 +79,7 @@ pub fn run(cmd: &mut Command) -> (Output, String, String) {
 
 pub mod dockerd;
 pub mod fixtures;
+pub mod images;
 pub mod podman;
 pub mod registry;
 pub mod tools;

@@ -665,6 +665,11 @@ impl Scope {
         &self.workdir
     }
 
+    /// Starts from the base image's working directory.
+    pub fn set_workdir(&mut self, dir: &str) {
+        self.workdir = join_workdir("/", dir);
+    }
+
     /// Expands one word with the values in effect.
     pub fn expand(&self, word: &str) -> Result<String, String> {
         self.lexer

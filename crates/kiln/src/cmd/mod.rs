@@ -1,7 +1,17 @@
 //! One module per subcommand.
 
+pub mod build;
 pub mod check;
+pub mod history;
+pub mod images;
+pub mod import;
+pub mod inspect;
+pub mod load;
 pub mod parse;
+pub mod prune;
+pub mod rmi;
+pub mod save;
+pub mod tag;
 
 use clap::Args as ClapArgs;
 use std::path::PathBuf;

@@ -1,0 +1,722 @@
+//! Running a build: stages in dependency order, each instruction applied to an image state.
+
+use crate::archive::{self, ArchiveError};
+use crate::context::context_tree;
+use crate::copy::{self, Content, CopyError, CopyRequest, Planned, SourceTree, SrcNode};
+use crate::fetch::{self, FetchError};
+use crate::image::{self, ImageError, ImageState};
+use crate::reference::Reference;
+use crate::rootfs::{clean, Kind};
+use crate::users::{self, Owner};
+use kiln_context::ignore::Matcher;
+use kiln_dockerfile::instructions::{
+    Chmod, Command, CommandLine, CopyCmd, Healthcheck, Instruction,
+};
+use kiln_dockerfile::stages::{BuildOptions, Dockerfile, Scope, Source};
+use kiln_dockerfile::{Error as DfError, Span};
+use kiln_oci::store::Store;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile's bytes.
+    pub dockerfile: Vec<u8>,
+    /// The Dockerfile's path, for `<Dockerfile>.dockerignore`; `None` when read from stdin.
+    pub dockerfile_path: Option<PathBuf>,
+    /// Build args, target and platform.
+    pub options: BuildOptions,
+    /// `--label` values, applied to the final image.
+    pub labels: BTreeMap<String, String>,
+    /// `SOURCE_DATE_EPOCH`: timestamps of new history, config and layer entries.
+    pub source_date_epoch: Option<i64>,
+    /// Names to tag the result with.
+    pub tags: Vec<Reference>,
+}
+
+impl BuildRequest {
+    /// A request with default options.
+    pub fn new(context: PathBuf, dockerfile: Vec<u8>) -> BuildRequest {
+        BuildRequest {
+            context,
+            dockerfile,
+            dockerfile_path: None,
+            options: BuildOptions::default(),
+            labels: BTreeMap::new(),
+            source_date_epoch: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// What the build produced.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// Digest of the image manifest.
+    pub manifest: kiln_oci::digest::Digest,
+    /// Size of the manifest.
+    pub manifest_size: u64,
+    /// Digest of the image config (the image ID docker shows).
+    pub config: kiln_oci::digest::Digest,
+    /// Warnings worth showing (unused build args, ...).
+    pub warnings: Vec<String>,
+}
+
+/// Progress of a build, for the CLI to show.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// A step starts: `[stage step/total] text`.
+    Step {
+        /// Stage name or index.
+        stage: &'a str,
+        /// 1-based step number within the stage.
+        step: usize,
+        /// Steps in the stage.
+        total: usize,
+        /// The instruction as written.
+        text: &'a str,
+    },
+    /// The current step finished.
+    Done {
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// Something the user should know.
+    Warning(&'a str),
+}
+
+/// Receives [`Event`]s.
+pub trait Progress {
+    /// One event.
+    fn event(&mut self, event: Event);
+}
+
+/// Discards progress.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&mut self, _: Event) {}
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile has errors (with spans into it).
+    #[error("the Dockerfile has {} error(s)", .0.len())]
+    Dockerfile(Vec<DfError>),
+    /// An instruction failed.
+    #[error("{message}")]
+    Step {
+        /// Where in the Dockerfile.
+        span: Span,
+        /// What went wrong.
+        message: String,
+        /// What to do about it.
+        help: Option<String>,
+    },
+    /// The context could not be read.
+    #[error(transparent)]
+    Context(#[from] kiln_context::walk::ContextError),
+    /// The store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+impl BuildError {
+    fn step(ins: &Instruction, message: impl Into<String>) -> BuildError {
+        BuildError::Step {
+            span: ins.span,
+            message: message.into(),
+            help: None,
+        }
+    }
+}
+
+impl From<DfError> for BuildError {
+    fn from(e: DfError) -> Self {
+        BuildError::Dockerfile(vec![e])
+    }
+}
+
+/// Builds the request's target stage into `store` and tags it.
+pub fn build(
+    store: &Store,
+    req: &BuildRequest,
+    progress: &mut dyn Progress,
+) -> Result<Built, BuildError> {
+    let df = Dockerfile::parse(&req.dockerfile).map_err(BuildError::Dockerfile)?;
+    let plan = df.plan(&req.options)?;
+    // Blobs written before the tag lands are unreachable; the shared lock keeps `prune` (which
+    // takes it exclusively) from deleting them under us.
+    let _lock = store.lock_shared().map_err(ImageError::from)?;
+    refuse_unsupported(&df, &plan.order)?;
+    let mut warnings = Vec::new();
+    if !plan.unused_build_args.is_empty() {
+        let w = format!(
+            "build args not consumed by any ARG: {}",
+            plan.unused_build_args.join(", ")
+        );
+        progress.event(Event::Warning(&w));
+        warnings.push(w);
+    }
+    let now = match req.source_date_epoch {
+        Some(e) => (e, 0),
+        None => {
+            let d = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            (d.as_secs() as i64, d.subsec_nanos())
+        }
+    };
+    let mut ctx = Ctx {
+        store,
+        req,
+        df: &df,
+        now,
+        context: None,
+        stages: BTreeMap::new(),
+        tmp: store.root().join("tmp"),
+    };
+    for &index in &plan.order {
+        let stage = &df.stages[index];
+        let base = match &plan.stages[index].base {
+            Source::Scratch => ImageState::scratch(&req.options.target_platform),
+            Source::Stage(i) => ctx.stages[i].clone(),
+            Source::Image(name) => image::load(store, name).map_err(|e| BuildError::Step {
+                span: stage.from_span,
+                message: e.to_string(),
+                help: e.help(),
+            })?,
+        };
+        let label = stage.name.clone().unwrap_or_else(|| index.to_string());
+        let state = ctx.run_stage(index, base, &plan.global_args, &label, progress)?;
+        ctx.stages.insert(index, state);
+    }
+    let mut last = ctx.stages.remove(&plan.target).expect("target built");
+    for (k, v) in &req.labels {
+        last.config.labels_mut().insert(k.clone(), v.clone());
+    }
+    last.config.set_created(now);
+    let (manifest, manifest_size, config) = last.commit(store)?;
+    for tag in &req.tags {
+        store
+            .set_tag(
+                &tag.to_string(),
+                &kiln_oci::image::descriptor(
+                    kiln_oci::image::media_type::OCI_MANIFEST,
+                    &manifest,
+                    manifest_size,
+                ),
+            )
+            .map_err(ImageError::from)?;
+    }
+    Ok(Built {
+        manifest,
+        manifest_size,
+        config,
+        warnings,
+    })
+}
+
+/// RUN needs the sandbox of a later release; fail before doing any work.
+fn refuse_unsupported(df: &Dockerfile, order: &[usize]) -> Result<(), BuildError> {
+    let mut errors = Vec::new();
+    for &i in order {
+        for ins in &df.stages[i].instructions {
+            // `ONBUILD RUN` only records a trigger, so it is fine here.
+            if matches!(ins.command, Command::Run(_)) {
+                errors.push(
+                    DfError::new("RUN is not supported yet", ins.span)
+                        .with_help("this kiln builds images without RUN steps; rootless RUN comes with the sandbox"),
+                );
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(BuildError::Dockerfile(errors))
+    }
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    req: &'a BuildRequest,
+    df: &'a Dockerfile,
+    now: (i64, u32),
+    context: Option<SourceTree>,
+    stages: BTreeMap<usize, ImageState>,
+    tmp: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn run_stage(
+        &mut self,
+        index: usize,
+        mut state: ImageState,
+        globals: &[(String, String)],
+        label: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<ImageState, BuildError> {
+        let stage = &self.df.stages[index];
+        let base_env = state.config.env_pairs();
+        let mut scope = Scope::new(self.df, &self.req.options, globals, base_env);
+        if let Some(wd) = state.config.working_dir() {
+            scope.set_workdir(&wd);
+        }
+        // ONBUILD triggers of the base run first, then are cleared from the new image.
+        let triggers = state.config.take_onbuild();
+        let mut steps: Vec<Instruction> = Vec::new();
+        for t in &triggers {
+            let parsed =
+                Dockerfile::parse(format!("FROM scratch\n{t}\n").as_bytes()).map_err(|e| {
+                    BuildError::Step {
+                        span: stage.from_span,
+                        message: format!(
+                            "ONBUILD trigger {t:?} of the base image: {}",
+                            e[0].message
+                        ),
+                        help: None,
+                    }
+                })?;
+            let mut ins = parsed.stages[0].instructions[0].clone();
+            if matches!(ins.command, Command::Run(_)) {
+                return Err(BuildError::Step {
+                    span: stage.from_span,
+                    message: format!("the base image's ONBUILD trigger {t:?} runs a command, and RUN is not supported yet"),
+                    help: None,
+                });
+            }
+            ins.span = stage.from_span;
+            steps.push(ins);
+        }
+        steps.extend(stage.instructions.iter().cloned());
+        let mut cmd_set_here = false;
+        let total = steps.len();
+        for (n, ins) in steps.iter().enumerate() {
+            progress.event(Event::Step {
+                stage: label,
+                step: n + 1,
+                total,
+                text: ins.original.trim(),
+            });
+            let started = Instant::now();
+            let (ex, _) = scope.step(ins)?;
+            self.apply(&mut state, &scope, &ex, &mut cmd_set_here)?;
+            progress.event(Event::Done {
+                elapsed: started.elapsed(),
+            });
+        }
+        Ok(state)
+    }
+
+    fn apply(
+        &mut self,
+        state: &mut ImageState,
+        scope: &Scope,
+        ins: &Instruction,
+        cmd_set_here: &mut bool,
+    ) -> Result<(), BuildError> {
+        let created_by = history_text(ins);
+        let c = &mut state.config;
+        match &ins.command {
+            Command::Copy(cp) => {
+                let entries = self.plan_copy(state, scope, ins, cp)?;
+                state.add_layer(
+                    self.store,
+                    &entries,
+                    self.req.source_date_epoch,
+                    self.now,
+                    &created_by,
+                )?;
+                return Ok(());
+            }
+            Command::Workdir(_) => {
+                let wd = scope.workdir().to_string();
+                c.set_working_dir(&wd);
+                // The directory is created when missing, owned by the current USER.
+                let rootfs = state.rootfs(self.store)?;
+                if !rootfs.is_dir(&wd) {
+                    let owner = match state.config.user() {
+                        Some(u) if !u.is_empty() => self.owner_of(state, ins, &u)?,
+                        _ => Owner { uid: 0, gid: 0 },
+                    };
+                    let dir = SrcNode {
+                        kind: Kind::Dir,
+                        mode: 0o755,
+                        uid: owner.uid,
+                        gid: owner.gid,
+                        size: 0,
+                        mtime: self.now,
+                        xattrs: BTreeMap::new(),
+                        content: Content::None,
+                        link_key: None,
+                    };
+                    let tree = SourceTree::new(dir.clone());
+                    let req = CopyRequest {
+                        keyword: "WORKDIR",
+                        sources: &[".".to_string()],
+                        dest: &format!("{wd}/"),
+                        workdir: "/",
+                        owner: Some(owner),
+                        chmod: None,
+                        excludes: &[],
+                        parents: false,
+                        preserve_owner: false,
+                        now: self.now,
+                        from_context: false,
+                    };
+                    let rootfs = state.rootfs(self.store)?;
+                    let mut entries = copy::plan_copy(&tree, rootfs, &req)
+                        .map_err(|e| BuildError::step(ins, format!("WORKDIR: {e}")))?;
+                    if let Some(last) = entries.iter_mut().find(|p| p.path == clean(&wd)) {
+                        last.node = dir;
+                    }
+                    state.add_layer(
+                        self.store,
+                        &entries,
+                        self.req.source_date_epoch,
+                        self.now,
+                        &created_by,
+                    )?;
+                    return Ok(());
+                }
+            }
+            Command::Env(kvs) => {
+                for kv in kvs {
+                    c.set_env(&kv.key, &kv.value);
+                }
+            }
+            Command::Label(kvs) => {
+                for kv in kvs {
+                    c.labels_mut().insert(kv.key.clone(), kv.value.clone());
+                }
+            }
+            Command::Maintainer(m) => c.set_author(m),
+            Command::Expose(ports) => {
+                for p in ports {
+                    let spec = kiln_dockerfile::instructions::PortSpec::parse(p)
+                        .map_err(|m| BuildError::step(ins, m))?;
+                    for key in spec.config_keys() {
+                        c.add_exposed_port(&key);
+                    }
+                }
+            }
+            Command::Volume(vs) => {
+                for v in vs {
+                    c.add_volume(v);
+                }
+            }
+            Command::User(u) => c.set_user(u),
+            Command::Stopsignal(s) => c.set_stop_signal(s),
+            Command::Shell(sh) => c.set_shell(sh.clone()),
+            Command::Cmd(cl) => {
+                let argv = argv_of(cl, &c.shell());
+                c.set_cmd(Some(argv));
+                c.mark_args_escaped();
+                *cmd_set_here = true;
+            }
+            Command::Entrypoint(cl) => {
+                let argv = argv_of(cl, &c.shell());
+                c.set_entrypoint(Some(argv));
+                c.mark_args_escaped();
+                // A CMD inherited from the base makes no sense with a new ENTRYPOINT.
+                if !*cmd_set_here {
+                    c.set_cmd(None);
+                }
+            }
+            Command::Healthcheck(h) => match h {
+                Healthcheck::None => c.set_healthcheck_none(),
+                Healthcheck::Cmd {
+                    command,
+                    interval_ns,
+                    timeout_ns,
+                    start_period_ns,
+                    start_interval_ns,
+                    retries,
+                } => {
+                    let test = match command {
+                        CommandLine::Exec(v) => std::iter::once("CMD".to_string())
+                            .chain(v.iter().cloned())
+                            .collect(),
+                        CommandLine::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                    };
+                    c.set_healthcheck(
+                        test,
+                        *interval_ns,
+                        *timeout_ns,
+                        *start_period_ns,
+                        *start_interval_ns,
+                        *retries,
+                    );
+                }
+            },
+            Command::Onbuild(o) => c.add_onbuild(&o.expression),
+            Command::Arg(_) => return Ok(()), // no history entry, as BuildKit does
+            Command::Run(_) | Command::From(_) => {
+                return Err(BuildError::step(
+                    ins,
+                    format!("{} is not supported here", ins.command.keyword()),
+                ))
+            }
+        }
+        state.add_empty_history(&created_by, self.req.source_date_epoch, self.now);
+        Ok(())
+    }
+
+    fn owner_of(
+        &self,
+        state: &mut ImageState,
+        ins: &Instruction,
+        spec: &str,
+    ) -> Result<Owner, BuildError> {
+        let needs_files = spec
+            .split(':')
+            .any(|p| !p.is_empty() && p.parse::<u32>().is_err());
+        let (passwd, group) = if needs_files || !spec.contains(':') {
+            (
+                state.read_file(self.store, "/etc/passwd")?,
+                state.read_file(self.store, "/etc/group")?,
+            )
+        } else {
+            (None, None)
+        };
+        users::resolve_owner(spec, passwd.as_deref(), group.as_deref())
+            .map_err(|e| BuildError::step(ins, e.to_string()))
+    }
+
+    fn context(&mut self) -> Result<&SourceTree, BuildError> {
+        if self.context.is_none() {
+            let (patterns, _) = kiln_context::walk::load_ignore(
+                &self.req.context,
+                self.req.dockerfile_path.as_deref(),
+            )?;
+            let matcher =
+                Matcher::new(&patterns).map_err(kiln_context::walk::ContextError::from)?;
+            self.context = Some(context_tree(&self.req.context, &matcher)?);
+        }
+        Ok(self.context.as_ref().expect("just set"))
+    }
+
+    fn plan_copy(
+        &mut self,
+        state: &mut ImageState,
+        scope: &Scope,
+        ins: &Instruction,
+        cp: &CopyCmd,
+    ) -> Result<Vec<Planned>, BuildError> {
+        let kw = if cp.is_add { "ADD" } else { "COPY" };
+        let fail = |e: String| BuildError::step(ins, format!("{kw}: {e}"));
+        let owner = match &cp.chown {
+            Some(spec) => Some(self.owner_of(state, ins, spec)?),
+            None => None,
+        };
+        let chmod = cp
+            .chmod
+            .as_deref()
+            .map(Chmod::parse)
+            .transpose()
+            .map_err(fail)?;
+        let workdir = scope.workdir().to_string();
+
+        // Heredocs: inline files.
+        if !cp.heredocs.is_empty() {
+            let mut tree = SourceTree::new(dir_node(self.now));
+            let mut names = Vec::new();
+            for h in &cp.heredocs {
+                let body = if h.chomp {
+                    kiln_dockerfile::parser::chomp_heredoc_content(&h.content)
+                } else {
+                    h.content.clone()
+                };
+                let body = if h.expand {
+                    scope.expand(&body).map_err(fail)?
+                } else {
+                    body
+                };
+                let node = SrcNode {
+                    kind: Kind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    size: body.len() as u64,
+                    mtime: self.now,
+                    xattrs: BTreeMap::new(),
+                    content: Content::Bytes(std::sync::Arc::new(body.into_bytes())),
+                    link_key: None,
+                };
+                tree.insert(&h.name, node);
+                names.push(h.name.clone());
+            }
+            let req = self.copy_request(kw, &names, cp, &workdir, owner, chmod, false, false);
+            let rootfs = state.rootfs(self.store)?;
+            return copy::plan_copy(&tree, rootfs, &req).map_err(|e| fail(e.to_string()));
+        }
+
+        // ADD of URLs: each download is one file.
+        if cp.is_add && cp.sources.iter().any(|s| fetch::is_url(s)) {
+            if cp.sources.len() != 1 {
+                return Err(fail(
+                    "mixing several sources with URLs is not supported; use one ADD per URL".into(),
+                ));
+            }
+            let url = &cp.sources[0];
+            let got = fetch::fetch(url, &self.tmp, cp.checksum.as_deref())
+                .map_err(|e: FetchError| fail(e.to_string()))?;
+            let mut tree = SourceTree::new(dir_node(self.now));
+            let node = SrcNode {
+                kind: Kind::File,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                size: got.size,
+                mtime: (got.last_modified.unwrap_or(self.now.0), 0),
+                xattrs: BTreeMap::new(),
+                content: Content::Path(got.path.clone()),
+                link_key: None,
+            };
+            tree.insert(&got.file_name, node);
+            let names = vec![got.file_name.clone()];
+            let req = self.copy_request(kw, &names, cp, &workdir, owner, chmod, false, false);
+            let rootfs = state.rootfs(self.store)?;
+            let plan = copy::plan_copy(&tree, rootfs, &req).map_err(|e| fail(e.to_string()));
+            state.keep_temp(got.path);
+            return plan;
+        }
+
+        // COPY --from: another stage or an image.
+        if let Some(from) = &cp.from {
+            let src_state = match self.df.find_stage(from) {
+                Some(i) => self
+                    .stages
+                    .get_mut(&i)
+                    .ok_or_else(|| fail(format!("stage {from:?} is not built before this one")))?,
+                None => {
+                    let loaded = image::load(self.store, from).map_err(|e| fail(e.to_string()))?;
+                    self.stages.insert(usize::MAX - self.stages.len(), loaded);
+                    let key = *self.stages.keys().next_back().expect("inserted");
+                    self.stages.get_mut(&key).expect("inserted")
+                }
+            };
+            let tree = src_state.source_tree(self.store)?;
+            let req = self.copy_request(kw, &cp.sources, cp, &workdir, owner, chmod, true, false);
+            let rootfs = state.rootfs(self.store)?;
+            return copy::plan_copy(&tree, rootfs, &req)
+                .map_err(|e: CopyError| fail(e.to_string()));
+        }
+
+        // From the context; ADD extracts local archives.
+        let context = self.context()?.clone();
+        if cp.is_add && cp.unpack != Some(false) {
+            let mut archives = Vec::new();
+            for s in &cp.sources {
+                for path in context.find(s).map_err(|e| fail(e.to_string()))? {
+                    if let Some(SrcNode {
+                        kind: Kind::File,
+                        content: Content::Path(p),
+                        ..
+                    }) = context.get(&path)
+                    {
+                        if image::is_archive(p).map_err(|e| fail(e.to_string()))? {
+                            archives.push(p.clone());
+                        }
+                    }
+                }
+            }
+            if !archives.is_empty() {
+                if archives.len() != cp.sources.len() {
+                    return Err(fail(
+                        "mixing archives and plain files in one ADD is not supported; split it"
+                            .into(),
+                    ));
+                }
+                let dest = if cp.dest.starts_with('/') {
+                    cp.dest.clone()
+                } else {
+                    format!("{workdir}/{}", cp.dest)
+                };
+                let mut out = Vec::new();
+                for a in archives {
+                    let (tar_path, entries) =
+                        image::index_archive(self.store, &a).map_err(|e| fail(e.to_string()))?;
+                    state.keep_temp(tar_path);
+                    let rootfs = state.rootfs(self.store)?;
+                    let planned = archive::plan_archive(entries, rootfs, &dest, self.now)
+                        .map_err(|e: ArchiveError| fail(e.to_string()))?;
+                    out.extend(planned);
+                }
+                return Ok(out);
+            }
+        }
+        let req = self.copy_request(kw, &cp.sources, cp, &workdir, owner, chmod, false, true);
+        let rootfs = state.rootfs(self.store)?;
+        copy::plan_copy(&context, rootfs, &req).map_err(|e| fail(e.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_request<'b>(
+        &self,
+        keyword: &'static str,
+        sources: &'b [String],
+        cp: &'b CopyCmd,
+        workdir: &'b str,
+        owner: Option<Owner>,
+        chmod: Option<Chmod>,
+        preserve_owner: bool,
+        from_context: bool,
+    ) -> CopyRequest<'b> {
+        CopyRequest {
+            keyword,
+            sources,
+            dest: &cp.dest,
+            workdir,
+            owner,
+            chmod,
+            excludes: &cp.excludes,
+            parents: cp.parents,
+            preserve_owner,
+            now: self.now,
+            from_context,
+        }
+    }
+}
+
+fn dir_node(now: (i64, u32)) -> SrcNode {
+    SrcNode {
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: now,
+        xattrs: BTreeMap::new(),
+        content: Content::None,
+        link_key: None,
+    }
+}
+
+/// The argv of CMD/ENTRYPOINT: exec form as is, shell form through the image's SHELL.
+fn argv_of(cl: &CommandLine, shell: &[String]) -> Vec<String> {
+    match cl {
+        CommandLine::Exec(v) => v.clone(),
+        CommandLine::Shell(s) => shell
+            .iter()
+            .cloned()
+            .chain(std::iter::once(s.clone()))
+            .collect(),
+    }
+}
+
+/// The history `created_by` text, in BuildKit's style (the instruction as written, with
+/// `# buildkit` after file operations).
+fn history_text(ins: &Instruction) -> String {
+    let text = ins.original.trim();
+    match &ins.command {
+        Command::Copy(_) => format!("{text} # buildkit"),
+        _ => text.to_string(),
+    }
+}

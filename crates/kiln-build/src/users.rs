@@ -1,0 +1,151 @@
+//! `--chown` and `USER` resolution against the image's `/etc/passwd` and `/etc/group`.
+
+/// A user and group id pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Why `user[:group]` could not be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// The name is not in `/etc/passwd`.
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    NoUser(String),
+    /// The name is not in `/etc/group`.
+    #[error("unable to find group {0}: no matching entries in group file")]
+    NoGroup(String),
+    /// An empty user.
+    #[error("invalid user specification {0:?}")]
+    Invalid(String),
+}
+
+/// Looks `name` up in a passwd file's text: (uid, primary gid).
+fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+fn group_entry(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 3 && f[0] == name {
+            f[2].parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Primary gid of a numeric uid, if passwd lists it.
+fn primary_gid_of(passwd: &str, uid: u32) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid))
+            .then(|| f[3].parse().ok())
+            .flatten()
+    })
+}
+
+/// Resolves `user[:group]` as `COPY --chown` does: numbers are used as they are, names are
+/// looked up; without a group, a name's primary group is used, and a bare number uses its
+/// passwd entry's group when it has one, else the same number.
+pub fn resolve_owner(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<Owner, UserError> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user.is_empty() {
+        return Err(UserError::Invalid(spec.to_string()));
+    }
+    let passwd = passwd.unwrap_or("");
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(n) => (n, primary_gid_of(passwd, n).unwrap_or(n)),
+        Err(_) => passwd_entry(passwd, user).ok_or_else(|| UserError::NoUser(user.to_string()))?,
+    };
+    let gid = match grp {
+        None | Some("") => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entry(group.unwrap_or(""), g)
+                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
+        },
+    };
+    Ok(Owner { uid, gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\napp:x:1000:1001::/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nstaff:x:50:\napp:x:1001:\nnogroup:x:65534:\n";
+
+    #[test]
+    fn names_and_numbers() {
+        let r = |s| resolve_owner(s, Some(PASSWD), Some(GROUP));
+        assert_eq!(
+            r("app"),
+            Ok(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(r("app:staff"), Ok(Owner { uid: 1000, gid: 50 }));
+        assert_eq!(
+            r("_apt"),
+            Ok(Owner {
+                uid: 42,
+                gid: 65534
+            })
+        );
+        assert_eq!(r("10:11"), Ok(Owner { uid: 10, gid: 11 }));
+        assert_eq!(
+            r("1000"),
+            Ok(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(r("77"), Ok(Owner { uid: 77, gid: 77 }));
+        assert_eq!(r("0:staff"), Ok(Owner { uid: 0, gid: 50 }));
+    }
+
+    #[test]
+    fn errors_name_what_is_missing() {
+        assert_eq!(
+            resolve_owner("ghost", Some(PASSWD), Some(GROUP))
+                .unwrap_err()
+                .to_string(),
+            "unable to find user ghost: no matching entries in passwd file"
+        );
+        assert_eq!(
+            resolve_owner("app:ghosts", Some(PASSWD), Some(GROUP))
+                .unwrap_err()
+                .to_string(),
+            "unable to find group ghosts: no matching entries in group file"
+        );
+        assert!(
+            resolve_owner("app", None, None).is_err(),
+            "no passwd file: names cannot resolve"
+        );
+        assert_eq!(
+            resolve_owner("5:6", None, None),
+            Ok(Owner { uid: 5, gid: 6 })
+        );
+        assert!(resolve_owner(":x", None, None).is_err());
+    }
+}

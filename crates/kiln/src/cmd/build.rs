@@ -1,0 +1,203 @@
+//! `kiln build`: build an image from a Dockerfile and a context.
+
+use super::DockerfileArgs;
+use crate::diag::{self, Diagnostic, Severity};
+use crate::input;
+use crate::output::{self, OutputSpec};
+use anyhow::{bail, Context, Result};
+use kiln_build::reference::Reference;
+use kiln_build::{BuildError, Event, Progress};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Options of `kiln build`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  kiln build -t app:1 .\n  \
+kiln build -t app:1 -o app.tar .                      # and write a docker-loadable tarball\n  \
+kiln build --output type=oci,dest=app.oci.tar .\n  \
+SOURCE_DATE_EPOCH=0 kiln build -q -t app:1 .          # reproducible; prints only the image ID")]
+pub struct Args {
+    #[command(flatten)]
+    pub dockerfile: DockerfileArgs,
+
+    /// Name and optionally tag the image (NAME[:TAG]); repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
+
+    /// Set a label on the image (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// Export the result: type=docker|oci|oci-dir|local,dest=PATH (repeatable). For tar
+    /// outputs, dest=- writes to standard output.
+    #[arg(long = "output", value_name = "type=TYPE,dest=PATH")]
+    pub outputs: Vec<String>,
+
+    /// Shorthand for --output type=docker,dest=PATH: a tarball for `docker load`.
+    #[arg(short = 'o', value_name = "PATH")]
+    pub output_path: Option<PathBuf>,
+
+    /// Layer compression of exported tarballs: none, gzip[:LEVEL] or zstd[:LEVEL]
+    /// (default: none for type=docker, gzip for OCI outputs).
+    #[arg(long, value_name = "ALGO")]
+    pub compression: Option<String>,
+
+    /// Progress output: auto (plain unless quiet) or plain.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "plain"])]
+    pub progress: String,
+
+    /// Print only the image ID on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// The build context directory.
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
+}
+
+/// Plain progress, BuildKit style: `#3 [build 2/4] COPY . /src` then `#3 DONE 0.1s`.
+struct Plain {
+    n: usize,
+    quiet: bool,
+}
+
+impl Progress for Plain {
+    fn event(&mut self, e: Event) {
+        if self.quiet {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = match e {
+            Event::Step {
+                stage,
+                step,
+                total,
+                text,
+            } => {
+                self.n += 1;
+                let one_line: String = text
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(120)
+                    .collect();
+                writeln!(err, "#{} [{stage} {step}/{total}] {one_line}", self.n)
+            }
+            Event::Done { elapsed } => {
+                writeln!(err, "#{} DONE {:.1}s", self.n, elapsed.as_secs_f64())
+            }
+            Event::Warning(w) => writeln!(err, "WARNING: {w}"),
+        };
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--label {l:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => {
+            let n: i64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?;
+            Ok(Some(n))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
+    if !args.context.is_dir() {
+        bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
+    }
+    let src = input::read_dockerfile(args.dockerfile.file.as_deref(), &args.context)?;
+    let options = input::build_options(&args.dockerfile)?;
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let mut outputs = args
+        .outputs
+        .iter()
+        .map(|o| OutputSpec::parse(o))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(p) = &args.output_path {
+        outputs.push(OutputSpec::docker(p.clone()));
+    }
+    let compression = args
+        .compression
+        .as_deref()
+        .map(output::parse_compression)
+        .transpose()?;
+    let store = crate::store::open(root)?;
+    let req = kiln_build::BuildRequest {
+        context: args.context.clone(),
+        dockerfile: src.bytes.clone(),
+        dockerfile_path: src.path.clone(),
+        options,
+        labels: parse_labels(&args.labels)?,
+        source_date_epoch: source_date_epoch()?,
+        tags: tags.clone(),
+    };
+    let started = Instant::now();
+    let mut progress = Plain {
+        n: 0,
+        quiet: args.quiet,
+    };
+    let built = match kiln_build::build(&store, &req, &mut progress) {
+        Ok(b) => b,
+        Err(e) => return Ok(report(&src, e)),
+    };
+    for out in &outputs {
+        output::export(&store, &built, &tags, out, compression)?;
+        if !args.quiet {
+            eprintln!("exported {out}");
+        }
+    }
+    if args.quiet {
+        println!("{}", built.config);
+    } else {
+        eprintln!("writing image {} done", built.config);
+        for t in &tags {
+            eprintln!("naming to {t} done");
+        }
+        eprintln!("built in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(src: &input::Source, e: BuildError) -> ExitCode {
+    match e {
+        BuildError::Dockerfile(errs) => return crate::cmd::parse::report(src, &errs),
+        BuildError::Step {
+            span,
+            message,
+            help,
+        } => {
+            let d = Diagnostic {
+                severity: Severity::Error,
+                message: &message,
+                span: Some(span),
+                help: help.as_deref(),
+            };
+            eprint!("{}", diag::render(&d, &src.name, &src.bytes));
+        }
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,271 @@
+//! The store across builds: reproducible digests, crash safety, and the image commands.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::{kiln_bin, run, TestDir};
+
+fn kiln_at(root: &Path, cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(kiln_bin());
+    c.current_dir(cwd).arg("--root").arg(root).args(args);
+    c
+}
+
+fn write_context(dir: &Path, stamp: &str) {
+    std::fs::create_dir_all(dir.join("src/deep")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY src /app/\nENV A=1\nWORKDIR /app\nCMD [\"/app/run\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/run"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(dir.join("src/deep/data.txt"), "data").unwrap();
+    // Different mtimes in the two copies; SOURCE_DATE_EPOCH must hide them.
+    let st = Command::new("touch")
+        .arg("-d")
+        .arg(stamp)
+        .arg(dir.join("src/run"))
+        .arg(dir.join("src/deep/data.txt"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn same_input_gives_the_same_digest_with_source_date_epoch() {
+    let dir = TestDir::new("repro");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_context(&a, "2024-01-01 10:00");
+    std::thread::sleep(Duration::from_millis(1100));
+    write_context(&b, "2025-06-30 23:59");
+    let mut ids = Vec::new();
+    for (ctx, store) in [(&a, "store-a"), (&b, "store-b")] {
+        let root = dir.path().join(store);
+        let out = kiln_at(
+            &root,
+            dir.path(),
+            &["build", "-q", "-t", "repro:1", ctx.to_str().unwrap()],
+        )
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            id.starts_with("sha256:") && id.trim().len() == 71,
+            "-q prints only the image ID: {id:?}"
+        );
+        let (_, inspect, _) = run(&mut kiln_at(&root, dir.path(), &["inspect", "repro:1"]));
+        let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        assert_eq!(v[0]["Created"], "2023-11-14T22:13:20Z");
+        ids.push((id, v[0]["ManifestDigest"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(ids[0], ids[1], "image ID and manifest digest must match");
+    // Without SOURCE_DATE_EPOCH the file times show through, so the digests differ.
+    let out = kiln_at(
+        &dir.path().join("store-c"),
+        dir.path(),
+        &["build", "-q", b.to_str().unwrap()],
+    )
+    .env_remove("SOURCE_DATE_EPOCH")
+    .output()
+    .unwrap();
+    assert_ne!(String::from_utf8(out.stdout).unwrap(), ids[0].0);
+}
+
+#[test]
+fn image_commands_work_like_dockers() {
+    let dir = TestDir::new("imgcmds");
+    let ctx = dir.path().join("ctx");
+    write_context(&ctx, "2024-01-01 10:00");
+    let root = dir.path().join("store");
+    let k = |args: &[&str]| {
+        let (out, stdout, stderr) = run(&mut kiln_at(&root, dir.path(), args));
+        assert!(out.status.success(), "kiln {args:?}: {stderr}");
+        stdout
+    };
+    k(&[
+        "build",
+        "-t",
+        "app:1",
+        "-t",
+        "localhost:5000/team/app:v2",
+        "ctx",
+    ]);
+    let images = k(&["images"]);
+    let lines: Vec<&str> = images.lines().collect();
+    assert!(
+        lines[0].starts_with("REPOSITORY")
+            && lines[0].contains("IMAGE ID")
+            && lines[0].ends_with("SIZE"),
+        "{images}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("app ") && l.contains(" 1 ")),
+        "{images}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("localhost:5000/team/app") && l.contains("v2")),
+        "{images}"
+    );
+    let ids = k(&["images", "-q"]);
+    assert_eq!(ids.lines().count(), 1, "two names, one image: {ids}");
+    let id = ids.trim().to_string();
+    assert_eq!(id.len(), 12);
+
+    let hist = k(&["history", "app:1"]);
+    assert!(
+        hist.starts_with("IMAGE")
+            && hist.contains("COPY src /app/ # buildkit")
+            && hist.contains("ENV A=1"),
+        "{hist}"
+    );
+
+    k(&["tag", &id, "other:latest"]);
+    let v: serde_json::Value = serde_json::from_str(&k(&["inspect", "other"])).unwrap();
+    assert_eq!(v[0]["RepoTags"].as_array().unwrap().len(), 3);
+    assert!(v[0]["Id"].as_str().unwrap().contains(&id));
+
+    let (out, _, err) = run(&mut kiln_at(&root, dir.path(), &["rmi", &id]));
+    assert!(
+        !out.status.success() && err.contains("has 3 names"),
+        "{err}"
+    );
+    assert!(k(&["rmi", "other"]).contains("Untagged: other:latest"));
+    let out = k(&["rmi", "-f", &id]);
+    assert!(
+        out.contains("Deleted: sha256:") && out.contains("Freed"),
+        "{out}"
+    );
+    assert_eq!(k(&["images", "-q"]), "");
+    assert!(k(&["prune"]).starts_with("Deleted 0 blobs"));
+    let store_blobs = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(store_blobs, 0, "nothing is left once no name reaches it");
+
+    let (out, _, err) = run(&mut kiln_at(&root, dir.path(), &["inspect", "nope"]));
+    assert!(
+        !out.status.success() && err.contains("image \"nope\" not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn killed_builds_leave_a_usable_store() {
+    let dir = TestDir::new("crash");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // Enough data that a build takes a while, so kills land in the middle of writes.
+    let big: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(ctx.join("big.bin"), &big).unwrap();
+    for i in 0..8 {
+        std::fs::write(ctx.join(format!("f{i}.txt")), format!("{i}")).unwrap();
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY big.bin /a\nCOPY *.txt /t/\nCOPY big.bin /b\nLABEL x=1\n",
+    )
+    .unwrap();
+    let root = dir.path().join("store");
+    // Calibrate: how long does one build take (the faster of two, page cache warm)?
+    let mut full = Duration::MAX;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let st = kiln_at(&root, dir.path(), &["build", "-q", "-t", "warm:1", "ctx"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        full = full.min(t.elapsed());
+    }
+    let mut seed: u64 = 0x5eed;
+    let mut killed = 0;
+    for i in 0..24 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Somewhere in the first 90% of a build, so nearly every kill lands mid-way.
+        let delay = Duration::from_micros(seed % (full.as_micros() as u64 * 9 / 10 + 1));
+        // Vary the content so layers are new blobs each time.
+        std::fs::write(ctx.join("f0.txt"), format!("run {i}")).unwrap();
+        let mut child = kiln_at(
+            &root,
+            dir.path(),
+            &["build", "-q", "-t", &format!("k{i}:1"), "ctx"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        let _ = child.wait();
+    }
+    println!(
+        "crash safety: {killed}/24 builds killed mid-way (full build {:.0} ms)",
+        full.as_secs_f64() * 1e3
+    );
+    assert!(
+        killed >= 20,
+        "too few kills landed ({killed}); the build is too fast for this test"
+    );
+    assert!(
+        util::images::corrupt_blobs(&root).is_empty(),
+        "a blob does not match its digest"
+    );
+    let out = kiln_at(&root, dir.path(), &["build", "-q", "-t", "after:1", "ctx"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, images, err) = run(&mut kiln_at(&root, dir.path(), &["images"]));
+    assert!(out.status.success(), "{err}");
+    assert!(
+        images.contains("after") && images.contains("warm"),
+        "{images}"
+    );
+    // Dead writers' temp files are removed once older than the store's grace period (which
+    // covers the instant between creating a temp file and locking it); age them past it.
+    for e in std::fs::read_dir(root.join("tmp")).unwrap() {
+        let st = Command::new("touch")
+            .arg("-d")
+            .arg("2 hours ago")
+            .arg(e.unwrap().path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let (out, pruned, _) = run(&mut kiln_at(&root, dir.path(), &["prune"]));
+    assert!(out.status.success());
+    println!("after the kills: {}", pruned.trim());
+    assert!(util::images::corrupt_blobs(&root).is_empty());
+    let left: Vec<String> = std::fs::read_dir(root.join("tmp"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "prune clears dead writers' temp files, left: {left:?}"
+    );
+}
