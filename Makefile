@@ -63,6 +63,7 @@ fmt:
 ## bench: benchmarks; results go into docs/performance.md by hand, with the command.
 bench:
 	$(CARGO) bench -p kiln --bench frontend --locked
+	$(CARGO) bench -p kiln-oci --bench export --locked
 
 clean:
 	$(CARGO) clean

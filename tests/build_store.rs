@@ -269,3 +269,29 @@ fn killed_builds_leave_a_usable_store() {
         "prune clears dead writers' temp files, left: {left:?}"
     );
 }
+
+#[test]
+fn from_archives_and_layout_directories() {
+    let dir = TestDir::new("from-transports");
+    let ctx = dir.path().join("ctx");
+    write_context(&ctx, "2024-01-01 10:00");
+    let root = dir.path().join("store-a");
+    let k = |root: &Path, args: &[&str]| {
+        let (out, stdout, stderr) = run(&mut kiln_at(root, dir.path(), args));
+        assert!(out.status.success(), "kiln {args:?}: {stderr}");
+        stdout
+    };
+    k(&root, &["build", "-q", "-t", "base:1", "-o", "base.tar", "--output", "type=oci-dir,dest=layout", "ctx"]);
+    std::fs::write(ctx.join("extra.txt"), "extra").unwrap();
+    let other = dir.path().join("store-b");
+    for from in ["docker-archive:base.tar", "oci-archive:base.tar", "oci:layout:1", "oci:layout"] {
+        std::fs::write(ctx.join("Dockerfile"), format!("FROM {from}\nCOPY extra.txt /extra.txt\n")).unwrap();
+        k(&other, &["build", "-q", "-t", "child:1", "ctx"]);
+        let t = util::images::tree(&other, "child:1");
+        assert_eq!(t["app/run"].content, b"#!/bin/sh\necho hi\n", "{from}: the base's files are there");
+        assert_eq!(t["extra.txt"].content, b"extra", "{from}");
+    }
+    std::fs::write(ctx.join("Dockerfile"), "FROM oci:missing-dir\n").unwrap();
+    let (out, _, err) = run(&mut kiln_at(&other, dir.path(), &["build", "ctx"]));
+    assert!(!out.status.success() && err.contains("missing-dir/index.json"), "{err}");
+}

@@ -544,23 +544,139 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Loads an image from the store by name (`busybox`, `app:1`, `localhost:5000/x@sha256:...`).
+/// Loads a base image: a name in the store (`busybox`, `app:1`, `host:5000/x@sha256:...`), or
+/// an archive or layout named with a transport prefix — `docker-archive:PATH[:NAME]`,
+/// `oci-archive:PATH[:NAME]`, `oci:DIR[:TAG]` — which is brought into the store first.
 pub fn load(store: &Store, name: &str) -> Result<ImageState, ImageError> {
-    for prefix in ["oci-archive:", "docker-archive:", "oci:"] {
-        if name.starts_with(prefix) {
-            return Err(ImageError::Unsupported(format!(
-                "{prefix} bases are not supported yet; import the archive with `kiln load -i` and use its tag"
-            )));
-        }
+    if let Some(rest) = name.strip_prefix("docker-archive:").or_else(|| name.strip_prefix("oci-archive:")) {
+        let (path, want) = split_transport(rest);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let loaded = kiln_oci::archive::load_archive(store, BufReader::new(file))
+            .map_err(|e| ImageError::Unsupported(format!("{}: {e}", path.display())))?;
+        let want = want.map(|w| Reference::parse(w).map(|r| r.to_string())).transpose()?;
+        let pick = loaded
+            .iter()
+            .find(|l| want.as_ref().is_none_or(|w| l.names.contains(w)))
+            .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+        return from_descriptor(store, &pick.manifest, name);
+    }
+    if let Some(rest) = name.strip_prefix("oci:") {
+        let (dir, tag) = split_transport(rest);
+        let desc = import_oci_dir(store, &dir, tag)?;
+        return from_descriptor(store, &desc, name);
     }
     let reference = Reference::parse(name)?;
-    let descriptor = store
-        .resolve(&reference.to_string())?
-        .ok_or_else(|| ImageError::NotFound(reference.familiar()))?;
-    let digest = Digest::from_oci(descriptor.digest()).map_err(oci_image::ImageError::from)?;
+    let descriptor = store.resolve(&reference.to_string())?.ok_or_else(|| ImageError::NotFound(reference.familiar()))?;
+    from_descriptor(store, &descriptor, name)
+}
+
+/// `PATH[:NAME]`: the part after the last `:` is a name only when the whole is not an
+/// existing path.
+fn split_transport(rest: &str) -> (PathBuf, Option<&str>) {
+    if Path::new(rest).exists() {
+        return (PathBuf::from(rest), None);
+    }
+    match rest.rsplit_once(':') {
+        Some((p, n)) if !n.is_empty() && !n.contains('/') => (PathBuf::from(p), Some(n)),
+        _ => (PathBuf::from(rest), None),
+    }
+}
+
+/// Copies the image tagged `tag` (or the only image) of an OCI layout directory into the
+/// store, checking every blob's digest; returns its manifest descriptor.
+fn import_oci_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Descriptor, ImageError> {
+    let index_path = dir.join("index.json");
+    let bytes = read_small(&index_path, 4 << 20)?;
+    let index = oci_image::parse_index(bytes)?.value;
+    let matches = |d: &&Descriptor| {
+        let ann = d.annotations().clone().unwrap_or_default();
+        match tag {
+            None => true,
+            Some(t) => {
+                ann.get("org.opencontainers.image.ref.name").is_some_and(|r| r == t || r.ends_with(&format!(":{t}")))
+                    || ann.get("io.containerd.image.name").is_some_and(|r| r.ends_with(&format!(":{t}")))
+            }
+        }
+    };
+    let found: Vec<&Descriptor> = index.manifests().iter().filter(matches).collect();
+    let desc = match found.as_slice() {
+        [one] => (*one).clone(),
+        [] => return Err(ImageError::NotFound(format!("oci:{}:{}", dir.display(), tag.unwrap_or("")))),
+        _ => return Err(ImageError::Unsupported(format!("{} holds several images; name one with oci:DIR:TAG", dir.display()))),
+    };
+    copy_tree_from_layout(store, dir, &desc, 0)?;
+    Ok(desc)
+}
+
+fn read_small(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf).map_err(io_err(path))?;
+    if buf.len() as u64 > max {
+        return Err(ImageError::Unsupported(format!("{} is larger than {max} bytes", path.display())));
+    }
+    Ok(buf)
+}
+
+fn copy_blob_from_layout(store: &Store, dir: &Path, digest: &Digest) -> Result<(), ImageError> {
+    if store.has_blob(digest) {
+        return Ok(());
+    }
+    // The digest was validated, so the path cannot leave the layout.
+    let path = dir.join("blobs/sha256").join(digest.hex());
+    let mut src = File::open(&path).map_err(io_err(&path))?;
+    let mut w = store.blob_writer()?;
+    std::io::copy(&mut src, &mut w).map_err(io_err(&path))?;
+    w.commit(Some(digest))?;
+    Ok(())
+}
+
+fn copy_tree_from_layout(store: &Store, dir: &Path, desc: &Descriptor, depth: usize) -> Result<(), ImageError> {
+    if depth > 4 {
+        return Err(ImageError::Unsupported("image indexes nested too deeply".into()));
+    }
+    let digest = Digest::from_oci(desc.digest()).map_err(oci_image::ImageError::from)?;
+    copy_blob_from_layout(store, dir, &digest)?;
+    if is_index(desc) {
+        for m in oci_image::read_index(store, &digest)?.value.manifests() {
+            copy_tree_from_layout(store, dir, m, depth + 1)?;
+        }
+        return Ok(());
+    }
+    let manifest = oci_image::read_manifest(store, &digest)?.value;
+    let config = Digest::from_oci(manifest.config().digest()).map_err(oci_image::ImageError::from)?;
+    copy_blob_from_layout(store, dir, &config)?;
+    for l in manifest.layers() {
+        copy_blob_from_layout(store, dir, &Digest::from_oci(l.digest()).map_err(oci_image::ImageError::from)?)?;
+    }
+    Ok(())
+}
+
+fn is_index(desc: &Descriptor) -> bool {
+    let mt = desc.media_type().to_string();
+    mt == kiln_oci::image::media_type::OCI_INDEX || mt == kiln_oci::image::media_type::DOCKER_MANIFEST_LIST
+}
+
+/// An image state from a manifest (or, for an image index, the entry for this machine's
+/// platform) in the store.
+fn from_descriptor(store: &Store, descriptor: &Descriptor, name: &str) -> Result<ImageState, ImageError> {
+    let mut digest = Digest::from_oci(descriptor.digest()).map_err(oci_image::ImageError::from)?;
+    if is_index(descriptor) {
+        let host = Platform::host();
+        let index = oci_image::read_index(store, &digest)?.value;
+        let pick = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    p.os().to_string() == host.os && p.architecture().to_string() == host.architecture
+                })
+            })
+            .ok_or_else(|| ImageError::Unsupported(format!("image {name} has no entry for {host}")))?;
+        digest = Digest::from_oci(pick.digest()).map_err(oci_image::ImageError::from)?;
+    }
     let manifest = oci_image::read_manifest(store, &digest)?;
-    let config_digest =
-        Digest::from_oci(manifest.value.config().digest()).map_err(oci_image::ImageError::from)?;
+    let config_digest = Digest::from_oci(manifest.value.config().digest()).map_err(oci_image::ImageError::from)?;
     let config = oci_image::read_config(store, &config_digest)?.value;
     if config.rootfs.diff_ids.len() != manifest.value.layers().len() {
         return Err(ImageError::Unsupported(format!(
@@ -574,17 +690,9 @@ pub fn load(store: &Store, name: &str) -> Result<ImageState, ImageError> {
         .layers()
         .iter()
         .zip(&config.rootfs.diff_ids)
-        .map(|(d, id)| LayerRef {
-            descriptor: d.clone(),
-            diff_id: id.clone(),
-        })
+        .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
         .collect();
-    Ok(ImageState {
-        config: Config(config),
-        layers,
-        rootfs: None,
-        temps: Arc::default(),
-    })
+    Ok(ImageState { config: Config(config), layers, rootfs: None, temps: Arc::default() })
 }
 
 /// The image config with the operations Dockerfile instructions perform on it.
