@@ -62,7 +62,7 @@ fn metadata_instructions_reach_the_config() {
     );
     let (ok, _, err) = build(&dir, "meta:1", &["--label", "from-cli=yes"]);
     assert!(ok, "{err}");
-    for step in ["#1 [0 1/18] LABEL a=1", "#10 [0 10/18] WORKDIR sub", "DONE"] {
+    for step in ["#1 [1/18] LABEL a=1", "#10 [10/18] WORKDIR sub", "DONE"] {
         assert!(err.contains(step), "progress lacks {step:?}:\n{err}");
     }
     let (out, stdout, _) =

@@ -71,7 +71,8 @@ pub struct Built {
 pub enum Event<'a> {
     /// A step starts: `[stage step/total] text`.
     Step {
-        /// Stage name or index.
+        /// Stage label with a trailing space (`build `, `stage-1 `), or empty for a lone
+        /// unnamed stage.
         stage: &'a str,
         /// 1-based step number within the stage.
         step: usize,
@@ -192,7 +193,12 @@ pub fn build(
                 help: e.help(),
             })?,
         };
-        let label = stage.name.clone().unwrap_or_else(|| index.to_string());
+        // BuildKit's labels: the stage name, `stage-N` when unnamed, nothing for a lone stage.
+        let label = match (&stage.name, df.stages.len()) {
+            (Some(n), _) => format!("{n} "),
+            (None, 1) => String::new(),
+            (None, _) => format!("stage-{index} "),
+        };
         let state = ctx.run_stage(index, base, &plan.global_args, &label, progress)?;
         ctx.stages.insert(index, state);
     }

@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os, ANNOTATION_REF_NAME};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::names::{familiar_name, familiar_repo_and_tag, tag_of};
+use super::names::{familiar_name, familiar_repo_and_tag, normalize_name, tag_of};
 use super::{
     decompress_to_store, parse_digest, ArchiveError, ExportImage, Result,
     ANNOTATION_CONTAINERD_NAME, OCI_LAYOUT,
@@ -148,6 +150,7 @@ struct Plan {
 
 impl Plan {
     fn new(store: &Store, images: &[ExportImage], compression: Compression) -> Result<Plan> {
+        precompress(store, images, compression)?;
         let mut plan = Plan {
             blobs: BTreeMap::new(),
             index: Vec::new(),
@@ -185,6 +188,11 @@ impl Plan {
                 media_type: declared.unwrap_or_else(|| media_type::OCI_INDEX.into()),
             });
         }
+        let names = img
+            .names
+            .iter()
+            .map(|n| normalize_name(n))
+            .collect::<Result<Vec<_>>>()?;
         let manifest = image::parse_manifest(bytes)?;
         let config_desc = manifest.value.config().clone();
         let config_digest = parse_digest(what, config_desc.digest())?;
@@ -269,10 +277,10 @@ impl Plan {
 
         let mut desc = manifest_desc;
         desc.set_platform(platform(&config));
-        if img.names.is_empty() {
+        if names.is_empty() {
             self.push_index(desc.clone());
         }
-        for name in &img.names {
+        for name in &names {
             let mut named = desc.clone();
             let mut a = HashMap::new();
             a.insert(ANNOTATION_CONTAINERD_NAME.to_owned(), name.clone());
@@ -289,7 +297,7 @@ impl Plan {
                 .map(|d| parse_digest(what, d.digest()))
                 .collect::<Result<_>>()?,
             last_diff_id: diff_ids.last().cloned(),
-            names: img.names.clone(),
+            names,
         });
         Ok(())
     }
@@ -387,6 +395,105 @@ fn platform(config: &ImageConfig) -> Option<oci_spec::image::Platform> {
         b = b.variant(v.clone());
     }
     b.build().ok()
+}
+
+/// One layer to re-encode before planning.
+struct Job {
+    manifest: Digest,
+    index: usize,
+    blob: Digest,
+    current: Compression,
+    diff_id: Digest,
+}
+
+impl Job {
+    fn run(&self, store: &Store, target: Compression) -> Result<(Digest, u64)> {
+        reencode_layer(
+            store,
+            &self.manifest,
+            self.index,
+            &self.blob,
+            self.current,
+            &self.diff_id,
+            target,
+        )
+    }
+}
+
+/// Re-encodes, on all cores, every layer of `images` that the export will need in another
+/// compression and the store has not cached yet. gzip runs on one core per stream, so layers
+/// are what there is to spread; zstd already uses every core for one layer and goes one at a
+/// time. Errors in reading the images are left for [`Plan::add`] to report in order.
+fn precompress(store: &Store, images: &[ExportImage], compression: Compression) -> Result<()> {
+    let mut jobs: Vec<Job> = Vec::new();
+    for img in images {
+        let Ok(manifest) = image::read_manifest(store, &img.manifest) else {
+            continue;
+        };
+        let Ok(config_digest) = Digest::from_oci(manifest.value.config().digest()) else {
+            continue;
+        };
+        let Ok(config) = image::read_config(store, &config_digest) else {
+            continue;
+        };
+        let diff_ids = &config.value.rootfs.diff_ids;
+        for (i, (desc, diff_id)) in manifest.value.layers().iter().zip(diff_ids).enumerate() {
+            let current = Compression::from_media_type(desc.media_type().as_ref());
+            let Some(current) = current.filter(|c| c.name() != compression.name()) else {
+                continue;
+            };
+            let Ok(blob) = Digest::from_oci(desc.digest()) else {
+                continue;
+            };
+            let done = match compression {
+                Compression::None => store.has_blob(diff_id),
+                c => store.compressed_for(diff_id, c)?.is_some(),
+            };
+            if !done && !jobs.iter().any(|j| j.diff_id == *diff_id) {
+                jobs.push(Job {
+                    manifest: img.manifest.clone(),
+                    index: i,
+                    blob,
+                    current,
+                    diff_id: diff_id.clone(),
+                });
+            }
+        }
+    }
+    let workers = match compression {
+        Compression::Zstd { .. } => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+    .min(jobs.len());
+    if workers <= 1 {
+        for job in &jobs {
+            job.run(store, compression)?;
+        }
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<ArchiveError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(k) else {
+                    break;
+                };
+                if let Err(e) = job.run(store, compression) {
+                    let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    // Let the other workers stop at their next job.
+                    next.store(jobs.len(), Ordering::Relaxed);
+                    break;
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The layer `blob` (compressed as `current`, diffID `diff_id`) as a blob compressed with

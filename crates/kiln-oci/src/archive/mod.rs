@@ -320,3 +320,131 @@ fn decompress_to_store(store: &Store, src: &Digest, diff_id: &Digest) -> Result<
     io::copy(&mut decoder, &mut w).map_err(io_err)?;
     Ok(w.commit(Some(diff_id))?.1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{self, History, ManifestFormat};
+    use crate::{layer, ImageConfig, TarEntry};
+
+    /// A one-layer image with /hello.txt; returns (manifest, config) digests.
+    fn tiny_image(store: &Store) -> (Digest, Digest) {
+        let l = layer::write_layer(store, Compression::None, |w| {
+            let data = b"hello\n";
+            w.append(&TarEntry::file("hello.txt", 6), Some(&mut &data[..]))
+        })
+        .unwrap();
+        let mut c = ImageConfig::new("linux", "amd64");
+        c.push_layer(l.diff_id.clone(), History::default());
+        let w =
+            image::write_image(store, &c, &[l.descriptor()], None, ManifestFormat::Oci).unwrap();
+        let d = |desc: &Descriptor| Digest::from_oci(desc.digest()).unwrap();
+        (d(&w.manifest), d(&w.config))
+    }
+
+    fn docker_tar(store: &Store, manifest: &Digest, names: &[&str], c: Compression) -> Vec<u8> {
+        let img = ExportImage {
+            manifest: manifest.clone(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut out = Vec::new();
+        write_docker_archive(store, &[img], c, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn export_is_deterministic_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let (manifest, config) = tiny_image(&store);
+        for c in [Compression::None, Compression::GZIP, Compression::ZSTD] {
+            // A short name is normalised on the way out.
+            let a = docker_tar(&store, &manifest, &["app:1"], c);
+            let b = docker_tar(&store, &manifest, &["docker.io/library/app:1"], c);
+            assert_eq!(a, b, "{c}");
+            let other = Store::open(dir.path().join(c.name())).unwrap();
+            let loaded = load_archive(&other, &a[..]).unwrap();
+            assert_eq!(loaded.len(), 1);
+            assert_eq!(loaded[0].names, ["docker.io/library/app:1"]);
+            let m = image::read_manifest(
+                &other,
+                &Digest::from_oci(loaded[0].manifest.digest()).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                Digest::from_oci(m.value.config().digest()).unwrap(),
+                config,
+                "{c}"
+            );
+            assert!(other.resolve("docker.io/library/app:1").unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn oci_dir_merges_and_replaces_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let (manifest, _) = tiny_image(&store);
+        let out = dir.path().join("layout");
+        let img = |name: &str| ExportImage {
+            manifest: manifest.clone(),
+            names: vec![name.into()],
+        };
+        write_oci_dir(
+            &store,
+            &[img("docker.io/library/a:1")],
+            Compression::None,
+            &out,
+        )
+        .unwrap();
+        write_oci_dir(
+            &store,
+            &[img("docker.io/library/b:1")],
+            Compression::GZIP,
+            &out,
+        )
+        .unwrap();
+        write_oci_dir(
+            &store,
+            &[img("docker.io/library/a:1")],
+            Compression::GZIP,
+            &out,
+        )
+        .unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{index:#}");
+        assert_eq!(
+            entries[1]["annotations"][ANNOTATION_CONTAINERD_NAME],
+            "docker.io/library/a:1"
+        );
+        assert_eq!(
+            entries[0]["digest"], entries[1]["digest"],
+            "both gzip by now"
+        );
+    }
+
+    #[test]
+    fn index_is_refused_as_an_export_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (manifest, _) = tiny_image(&store);
+        let desc = image::descriptor(
+            image::media_type::OCI_MANIFEST,
+            &manifest,
+            store.blob_size(&manifest).unwrap(),
+        );
+        let index = image::build_index(vec![desc], None).unwrap();
+        let (digest, _) = store
+            .put_blob(&image::index_to_vec(&index).unwrap())
+            .unwrap();
+        let img = ExportImage {
+            manifest: digest,
+            names: vec![],
+        };
+        let err =
+            write_oci_archive(&store, &[img], Compression::None, &mut io::sink()).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotAnImage { .. }), "{err}");
+    }
+}

@@ -84,7 +84,7 @@ impl Progress for Plain {
                     .chars()
                     .take(120)
                     .collect();
-                writeln!(err, "#{} [{stage} {step}/{total}] {one_line}", self.n)
+                writeln!(err, "#{} [{stage}{step}/{total}] {one_line}", self.n)
             }
             Event::Done { elapsed } => {
                 writeln!(err, "#{} DONE {:.1}s", self.n, elapsed.as_secs_f64())

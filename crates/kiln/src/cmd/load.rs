@@ -29,7 +29,13 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     .context("loading the archive")?;
     for img in &loaded {
         if img.names.is_empty() {
-            println!("Loaded image ID: {}", img.manifest.digest());
+            // docker prints the image ID, which is the config digest.
+            let id = kiln_oci::digest::Digest::from_oci(img.manifest.digest())
+                .ok()
+                .and_then(|m| kiln_oci::image::read_manifest(&store, &m).ok())
+                .map(|m| m.value.config().digest().to_string())
+                .unwrap_or_else(|| img.manifest.digest().to_string());
+            println!("Loaded image ID: {id}");
         }
         for n in &img.names {
             let short = kiln_build::reference::Reference::parse(n)
