@@ -5,7 +5,6 @@
 mod util;
 
 #[path = "../crates/kiln-oci/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod oci_common;
 
 use kiln_oci::digest::Digest;

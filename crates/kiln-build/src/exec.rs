@@ -5,7 +5,6 @@ use crate::context::context_tree;
 use crate::copy::{self, Content, CopyError, CopyRequest, Planned, SourceTree, SrcNode};
 use crate::fetch::{self, FetchError};
 use crate::image::{self, ImageError, ImageState};
-use crate::reference::Reference;
 use crate::rootfs::{clean, Kind};
 use crate::users::{self, Owner};
 use kiln_context::ignore::Matcher;
@@ -14,6 +13,7 @@ use kiln_dockerfile::instructions::{
 };
 use kiln_dockerfile::stages::{BuildOptions, Dockerfile, Scope, Source};
 use kiln_dockerfile::{Error as DfError, Span};
+use kiln_oci::reference::Reference;
 use kiln_oci::store::Store;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

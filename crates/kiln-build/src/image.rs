@@ -2,7 +2,6 @@
 //! filesystem.
 
 use crate::copy::{Content, Planned, SourceTree, SrcNode};
-use crate::reference::Reference;
 use crate::rootfs::{Kind, Node, Origin, Rootfs};
 use kiln_dockerfile::stages::Platform;
 use kiln_oci::digest::Digest;
@@ -10,6 +9,7 @@ use kiln_oci::image::{
     self as oci_image, ContainerConfig, HealthConfig, History, ImageConfig, ManifestFormat,
 };
 use kiln_oci::layer::{EntryKind, TarEntry};
+use kiln_oci::reference::Reference;
 use kiln_oci::store::Store;
 use kiln_oci::Compression;
 use oci_spec::image::Descriptor;
@@ -30,7 +30,7 @@ pub enum ImageError {
     NotFound(String),
     /// The name is not a valid reference.
     #[error(transparent)]
-    Reference(#[from] crate::reference::ReferenceError),
+    Reference(#[from] kiln_oci::reference::ReferenceError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kiln_oci::store::StoreError),
@@ -548,12 +548,17 @@ fn unique() -> u64 {
 /// an archive or layout named with a transport prefix — `docker-archive:PATH[:NAME]`,
 /// `oci-archive:PATH[:NAME]`, `oci:DIR[:TAG]` — which is brought into the store first.
 pub fn load(store: &Store, name: &str) -> Result<ImageState, ImageError> {
-    if let Some(rest) = name.strip_prefix("docker-archive:").or_else(|| name.strip_prefix("oci-archive:")) {
+    if let Some(rest) = name
+        .strip_prefix("docker-archive:")
+        .or_else(|| name.strip_prefix("oci-archive:"))
+    {
         let (path, want) = split_transport(rest);
         let file = File::open(&path).map_err(io_err(&path))?;
         let loaded = kiln_oci::archive::load_archive(store, BufReader::new(file))
             .map_err(|e| ImageError::Unsupported(format!("{}: {e}", path.display())))?;
-        let want = want.map(|w| Reference::parse(w).map(|r| r.to_string())).transpose()?;
+        let want = want
+            .map(|w| Reference::parse(w).map(|r| r.to_string()))
+            .transpose()?;
         let pick = loaded
             .iter()
             .find(|l| want.as_ref().is_none_or(|w| l.names.contains(w)))
@@ -566,7 +571,9 @@ pub fn load(store: &Store, name: &str) -> Result<ImageState, ImageError> {
         return from_descriptor(store, &desc, name);
     }
     let reference = Reference::parse(name)?;
-    let descriptor = store.resolve(&reference.to_string())?.ok_or_else(|| ImageError::NotFound(reference.familiar()))?;
+    let descriptor = store
+        .resolve(&reference.to_string())?
+        .ok_or_else(|| ImageError::NotFound(reference.familiar()))?;
     from_descriptor(store, &descriptor, name)
 }
 
@@ -593,16 +600,30 @@ fn import_oci_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Descri
         match tag {
             None => true,
             Some(t) => {
-                ann.get("org.opencontainers.image.ref.name").is_some_and(|r| r == t || r.ends_with(&format!(":{t}")))
-                    || ann.get("io.containerd.image.name").is_some_and(|r| r.ends_with(&format!(":{t}")))
+                ann.get("org.opencontainers.image.ref.name")
+                    .is_some_and(|r| r == t || r.ends_with(&format!(":{t}")))
+                    || ann
+                        .get("io.containerd.image.name")
+                        .is_some_and(|r| r.ends_with(&format!(":{t}")))
             }
         }
     };
     let found: Vec<&Descriptor> = index.manifests().iter().filter(matches).collect();
     let desc = match found.as_slice() {
         [one] => (*one).clone(),
-        [] => return Err(ImageError::NotFound(format!("oci:{}:{}", dir.display(), tag.unwrap_or("")))),
-        _ => return Err(ImageError::Unsupported(format!("{} holds several images; name one with oci:DIR:TAG", dir.display()))),
+        [] => {
+            return Err(ImageError::NotFound(format!(
+                "oci:{}:{}",
+                dir.display(),
+                tag.unwrap_or("")
+            )))
+        }
+        _ => {
+            return Err(ImageError::Unsupported(format!(
+                "{} holds several images; name one with oci:DIR:TAG",
+                dir.display()
+            )))
+        }
     };
     copy_tree_from_layout(store, dir, &desc, 0)?;
     Ok(desc)
@@ -611,9 +632,14 @@ fn import_oci_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Descri
 fn read_small(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
     let f = File::open(path).map_err(io_err(path))?;
     let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf).map_err(io_err(path))?;
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(path))?;
     if buf.len() as u64 > max {
-        return Err(ImageError::Unsupported(format!("{} is larger than {max} bytes", path.display())));
+        return Err(ImageError::Unsupported(format!(
+            "{} is larger than {max} bytes",
+            path.display()
+        )));
     }
     Ok(buf)
 }
@@ -631,9 +657,16 @@ fn copy_blob_from_layout(store: &Store, dir: &Path, digest: &Digest) -> Result<(
     Ok(())
 }
 
-fn copy_tree_from_layout(store: &Store, dir: &Path, desc: &Descriptor, depth: usize) -> Result<(), ImageError> {
+fn copy_tree_from_layout(
+    store: &Store,
+    dir: &Path,
+    desc: &Descriptor,
+    depth: usize,
+) -> Result<(), ImageError> {
     if depth > 4 {
-        return Err(ImageError::Unsupported("image indexes nested too deeply".into()));
+        return Err(ImageError::Unsupported(
+            "image indexes nested too deeply".into(),
+        ));
     }
     let digest = Digest::from_oci(desc.digest()).map_err(oci_image::ImageError::from)?;
     copy_blob_from_layout(store, dir, &digest)?;
@@ -644,22 +677,32 @@ fn copy_tree_from_layout(store: &Store, dir: &Path, desc: &Descriptor, depth: us
         return Ok(());
     }
     let manifest = oci_image::read_manifest(store, &digest)?.value;
-    let config = Digest::from_oci(manifest.config().digest()).map_err(oci_image::ImageError::from)?;
+    let config =
+        Digest::from_oci(manifest.config().digest()).map_err(oci_image::ImageError::from)?;
     copy_blob_from_layout(store, dir, &config)?;
     for l in manifest.layers() {
-        copy_blob_from_layout(store, dir, &Digest::from_oci(l.digest()).map_err(oci_image::ImageError::from)?)?;
+        copy_blob_from_layout(
+            store,
+            dir,
+            &Digest::from_oci(l.digest()).map_err(oci_image::ImageError::from)?,
+        )?;
     }
     Ok(())
 }
 
 fn is_index(desc: &Descriptor) -> bool {
     let mt = desc.media_type().to_string();
-    mt == kiln_oci::image::media_type::OCI_INDEX || mt == kiln_oci::image::media_type::DOCKER_MANIFEST_LIST
+    mt == kiln_oci::image::media_type::OCI_INDEX
+        || mt == kiln_oci::image::media_type::DOCKER_MANIFEST_LIST
 }
 
 /// An image state from a manifest (or, for an image index, the entry for this machine's
 /// platform) in the store.
-fn from_descriptor(store: &Store, descriptor: &Descriptor, name: &str) -> Result<ImageState, ImageError> {
+fn from_descriptor(
+    store: &Store,
+    descriptor: &Descriptor,
+    name: &str,
+) -> Result<ImageState, ImageError> {
     let mut digest = Digest::from_oci(descriptor.digest()).map_err(oci_image::ImageError::from)?;
     if is_index(descriptor) {
         let host = Platform::host();
@@ -669,14 +712,18 @@ fn from_descriptor(store: &Store, descriptor: &Descriptor, name: &str) -> Result
             .iter()
             .find(|m| {
                 m.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == host.os && p.architecture().to_string() == host.architecture
+                    p.os().to_string() == host.os
+                        && p.architecture().to_string() == host.architecture
                 })
             })
-            .ok_or_else(|| ImageError::Unsupported(format!("image {name} has no entry for {host}")))?;
+            .ok_or_else(|| {
+                ImageError::Unsupported(format!("image {name} has no entry for {host}"))
+            })?;
         digest = Digest::from_oci(pick.digest()).map_err(oci_image::ImageError::from)?;
     }
     let manifest = oci_image::read_manifest(store, &digest)?;
-    let config_digest = Digest::from_oci(manifest.value.config().digest()).map_err(oci_image::ImageError::from)?;
+    let config_digest =
+        Digest::from_oci(manifest.value.config().digest()).map_err(oci_image::ImageError::from)?;
     let config = oci_image::read_config(store, &config_digest)?.value;
     if config.rootfs.diff_ids.len() != manifest.value.layers().len() {
         return Err(ImageError::Unsupported(format!(
@@ -690,9 +737,17 @@ fn from_descriptor(store: &Store, descriptor: &Descriptor, name: &str) -> Result
         .layers()
         .iter()
         .zip(&config.rootfs.diff_ids)
-        .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
+        .map(|(d, id)| LayerRef {
+            descriptor: d.clone(),
+            diff_id: id.clone(),
+        })
         .collect();
-    Ok(ImageState { config: Config(config), layers, rootfs: None, temps: Arc::default() })
+    Ok(ImageState {
+        config: Config(config),
+        layers,
+        rootfs: None,
+        temps: Arc::default(),
+    })
 }
 
 /// The image config with the operations Dockerfile instructions perform on it.

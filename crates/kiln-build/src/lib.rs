@@ -22,8 +22,10 @@ mod exec;
 pub mod fetch;
 pub mod glob;
 pub mod image;
-pub mod reference;
 pub mod rootfs;
 pub mod users;
+
+/// Image references live in kiln-oci; re-exported for callers of the build engine.
+pub use kiln_oci::reference;
 
 pub use exec::{build, BuildError, BuildRequest, Built, Event, NoProgress, Progress};

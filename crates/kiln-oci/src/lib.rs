@@ -48,6 +48,7 @@ pub mod digest;
 pub mod image;
 mod json;
 pub mod layer;
+pub mod reference;
 pub mod store;
 
 pub use compression::{Compression, Format};

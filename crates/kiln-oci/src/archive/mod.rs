@@ -263,7 +263,7 @@ pub enum ArchiveError {
         /// The name.
         name: String,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
     /// An output directory that exists but is not an OCI layout.
     #[error("{}: {reason}", path.display())]

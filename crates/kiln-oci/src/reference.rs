@@ -68,6 +68,12 @@ impl Reference {
             }
             _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
         };
+        // docker's old name for Docker Hub.
+        let domain = if domain == "index.docker.io" {
+            DEFAULT_DOMAIN.to_string()
+        } else {
+            domain
+        };
         if !valid_domain(&domain) {
             return Err(bad("invalid registry host"));
         }
@@ -112,13 +118,13 @@ impl Reference {
 
     /// The repository in docker's short form (`busybox`, `me/app`, `localhost:5000/app`).
     pub fn familiar_repository(&self) -> String {
-        if self.domain == DEFAULT_DOMAIN {
-            self.path
-                .strip_prefix("library/")
-                .unwrap_or(&self.path)
-                .to_string()
-        } else {
-            self.repository()
+        if self.domain != DEFAULT_DOMAIN {
+            return self.repository();
+        }
+        match self.path.strip_prefix("library/") {
+            // `library/a/b` keeps its prefix: without it, it would read as user `a`.
+            Some(rest) if !rest.contains('/') => rest.to_string(),
+            _ => self.path.clone(),
         }
     }
 }
