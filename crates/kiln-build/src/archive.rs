@@ -127,7 +127,51 @@ pub fn plan_archive(
         });
     }
     parents.extend(out);
-    Ok(parents)
+    Ok(sorted_with_links_first(parents))
+}
+
+/// Sorts entries by path, as every kiln layer is. A hard link must come after the file it
+/// names, so within each group of names for one file the first in sort order becomes the file
+/// (taking the content) and the others link to it.
+fn sorted_with_links_first(mut entries: Vec<Planned>) -> Vec<Planned> {
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let index: BTreeMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.clone(), i))
+        .collect();
+    // Group every hard link with the file it names.
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in entries.iter().enumerate() {
+        if let Kind::Hardlink(target) = &p.node.kind {
+            if let Some(&t) = index.get(target) {
+                groups.entry(t).or_default().push(i);
+            }
+        }
+    }
+    for (file, links) in groups {
+        let first = links
+            .iter()
+            .copied()
+            .chain(std::iter::once(file))
+            .min()
+            .unwrap_or(file);
+        if first == file {
+            continue;
+        }
+        let first_path = entries[first].path.clone();
+        let real = entries[file].node.clone();
+        for &i in links.iter().chain(std::iter::once(&file)) {
+            if i == first {
+                entries[i].node = real.clone();
+            } else {
+                entries[i].node.kind = Kind::Hardlink(first_path.clone());
+                entries[i].node.content = Content::None;
+                entries[i].node.size = 0;
+            }
+        }
+    }
+    entries
 }
 
 #[cfg(test)]
@@ -174,11 +218,13 @@ mod tests {
                 "opt",
                 "opt/tool",
                 "opt/tool/bin",
-                "opt/tool/bin/sh",
-                "opt/tool/bin/ls"
+                "opt/tool/bin/ls",
+                "opt/tool/bin/sh"
             ]
         );
-        assert_eq!(plan[4].node.kind, Kind::Hardlink("opt/tool/bin/sh".into()));
+        // Sorted, `ls` comes first, so it carries the content and `sh` links to it.
+        assert_eq!(plan[3].node.kind, Kind::File);
+        assert_eq!(plan[4].node.kind, Kind::Hardlink("opt/tool/bin/ls".into()));
         assert_eq!(
             (plan[3].node.uid, plan[3].node.gid),
             (1, 2),
