@@ -261,3 +261,52 @@ fn config_matches_buildkit_for_every_metadata_instruction() {
     let author = |img: &str| d.docker_ok(&["image", "inspect", "--format", "{{.Author}}", img]);
     assert_eq!(author("bk:1"), author("kl:1"));
 }
+
+/// docs/ko/quickstart.md, step by step: examples/first-image builds, loads and serves its page.
+#[test]
+fn the_quickstart_image_serves_its_page() {
+    let dir = TestDir::new("quickstart");
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    let ctx = dir.path().join("first-image");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let example = util::tools::workspace_root().join("examples/first-image");
+    for f in ["Dockerfile", "index.html"] {
+        std::fs::copy(example.join(f), ctx.join(f)).unwrap();
+    }
+    std::fs::copy(rootfs, ctx.join("busybox.tar.xz")).unwrap();
+    let root = dir.path().join("store");
+    kiln(&root, dir.path(), &["check", "first-image"]);
+    kiln(
+        &root,
+        dir.path(),
+        &["build", "-t", "first-image:1.0", "first-image"],
+    );
+    kiln(
+        &root,
+        dir.path(),
+        &["save", "-o", "first-image.tar", "first-image:1.0"],
+    );
+    let Some(d) = Dockerd::start() else { return };
+    assert_success(&d.load(&dir.path().join("first-image.tar")), "docker load");
+    // The CMD runs httpd in the foreground; start it in the background here and fetch the page.
+    let out = d.run(
+        "first-image:1.0",
+        &[
+            "sh",
+            "-c",
+            "httpd -p 8080 -h /www && sleep 0.5 && wget -qO- http://127.0.0.1:8080/",
+        ],
+    );
+    let page = assert_success(&out, "docker run");
+    assert!(page.contains("Hello from my first kiln image"), "{page}");
+    let user = d.docker_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{.Config.WorkingDir}}",
+        "first-image:1.0",
+    ]);
+    assert_eq!(user.trim(), "65534:65534 /www");
+}

@@ -281,19 +281,47 @@ fn from_archives_and_layout_directories() {
         assert!(out.status.success(), "kiln {args:?}: {stderr}");
         stdout
     };
-    k(&root, &["build", "-q", "-t", "base:1", "-o", "base.tar", "--output", "type=oci-dir,dest=layout", "ctx"]);
+    k(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "base:1",
+            "-o",
+            "base.tar",
+            "--output",
+            "type=oci-dir,dest=layout",
+            "ctx",
+        ],
+    );
     std::fs::write(ctx.join("extra.txt"), "extra").unwrap();
     let other = dir.path().join("store-b");
-    for from in ["docker-archive:base.tar", "oci-archive:base.tar", "oci:layout:1", "oci:layout"] {
-        std::fs::write(ctx.join("Dockerfile"), format!("FROM {from}\nCOPY extra.txt /extra.txt\n")).unwrap();
+    for from in [
+        "docker-archive:base.tar",
+        "oci-archive:base.tar",
+        "oci:layout:1",
+        "oci:layout",
+    ] {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {from}\nCOPY extra.txt /extra.txt\n"),
+        )
+        .unwrap();
         k(&other, &["build", "-q", "-t", "child:1", "ctx"]);
         let t = util::images::tree(&other, "child:1");
-        assert_eq!(t["app/run"].content, b"#!/bin/sh\necho hi\n", "{from}: the base's files are there");
+        assert_eq!(
+            t["app/run"].content, b"#!/bin/sh\necho hi\n",
+            "{from}: the base's files are there"
+        );
         assert_eq!(t["extra.txt"].content, b"extra", "{from}");
     }
     std::fs::write(ctx.join("Dockerfile"), "FROM oci:missing-dir\n").unwrap();
     let (out, _, err) = run(&mut kiln_at(&other, dir.path(), &["build", "ctx"]));
-    assert!(!out.status.success() && err.contains("missing-dir/index.json"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("missing-dir/index.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -307,37 +335,76 @@ fn save_load_and_import_round_trip() {
         assert!(out.status.success(), "kiln {args:?}: {stderr}");
         stdout
     };
-    let id = k(&a, &["build", "-q", "-t", "app:1", "ctx"]).trim().to_string();
+    let id = k(&a, &["build", "-q", "-t", "app:1", "ctx"])
+        .trim()
+        .to_string();
     k(&a, &["save", "-o", "app.tar", "app:1"]);
-    k(&a, &["save", "--format", "oci", "-o", "app.oci.tar", "app:1"]);
-    assert_eq!(k(&b, &["load", "-i", "app.tar"]).trim(), "Loaded image: app:1");
+    k(
+        &a,
+        &["save", "--format", "oci", "-o", "app.oci.tar", "app:1"],
+    );
+    assert_eq!(
+        k(&b, &["load", "-i", "app.tar"]).trim(),
+        "Loaded image: app:1"
+    );
     let v: serde_json::Value = serde_json::from_str(&k(&b, &["inspect", "app:1"])).unwrap();
-    assert_eq!(v[0]["Id"], id.as_str(), "the image ID survives save and load");
+    assert_eq!(
+        v[0]["Id"],
+        id.as_str(),
+        "the image ID survives save and load"
+    );
     k(&b, &["rmi", "app:1"]);
-    let out = kiln_at(&b, dir.path(), &["load"]).stdin(std::fs::File::open(dir.path().join("app.oci.tar")).unwrap()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kiln_at(&b, dir.path(), &["load"])
+        .stdin(std::fs::File::open(dir.path().join("app.oci.tar")).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&k(&b, &["inspect", "app:1"])).unwrap();
     assert_eq!(v[0]["Id"], id.as_str());
     // import: a root filesystem tarball becomes a one-layer image.
-    let st = Command::new("tar").arg("-czf").arg(dir.path().join("rootfs.tgz")).arg("-C").arg(&ctx).arg("src").status().unwrap();
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(dir.path().join("rootfs.tgz"))
+        .arg("-C")
+        .arg(&ctx)
+        .arg("src")
+        .status()
+        .unwrap();
     assert!(st.success());
     let imported = k(&b, &["import", "rootfs.tgz", "imported:v1"]);
     assert!(imported.trim().starts_with("sha256:"), "{imported}");
     let t = util::images::tree(&b, "imported:v1");
     assert_eq!(t["src/run"].content, b"#!/bin/sh\necho hi\n");
     // Saving to a terminal is refused; bad input to load is an error, not a panic.
-    let out = kiln_at(&b, dir.path(), &["load", "-i", "Dockerfile-does-not-exist"]).output().unwrap();
+    let out = kiln_at(&b, dir.path(), &["load", "-i", "Dockerfile-does-not-exist"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    std::fs::write(dir.path().join("garbage.tar"), b"this is not a tarball at all").unwrap();
-    let out = kiln_at(&b, dir.path(), &["load", "-i", "garbage.tar"]).output().unwrap();
+    std::fs::write(
+        dir.path().join("garbage.tar"),
+        b"this is not a tarball at all",
+    )
+    .unwrap();
+    let out = kiln_at(&b, dir.path(), &["load", "-i", "garbage.tar"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("error:") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
 fn chown_by_name_uses_the_images_passwd_and_xattrs_survive() {
     let dir = TestDir::new("chown-names");
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else { return };
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(rootfs, ctx.join("busybox.tar.xz")).unwrap();
@@ -349,23 +416,87 @@ fn chown_by_name_uses_the_images_passwd_and_xattrs_survive() {
     )
     .unwrap();
     let root = dir.path().join("store");
-    let (out, _, err) = run(&mut kiln_at(&root, dir.path(), &["build", "-t", "named:1", "ctx"]));
+    let (out, _, err) = run(&mut kiln_at(
+        &root,
+        dir.path(),
+        &["build", "-t", "named:1", "ctx"],
+    ));
     assert!(out.status.success(), "{err}");
     let t = util::images::tree(&root, "named:1");
     let f = &t["owned-by-name"];
-    assert_eq!((f.uid, f.gid), (65534, 65534), "nobody:nogroup from the image's passwd and group");
+    assert_eq!(
+        (f.uid, f.gid),
+        (65534, 65534),
+        "nobody:nogroup from the image's passwd and group"
+    );
     assert_eq!((t["root-owned"].uid, t["root-owned"].gid), (0, 0));
     if has_xattr {
-        assert_eq!(f.xattrs.get("user.kiln").map(Vec::as_slice), Some(&b"kept"[..]), "xattrs are kept");
+        assert_eq!(
+            f.xattrs.get("user.kiln").map(Vec::as_slice),
+            Some(&b"kept"[..]),
+            "xattrs are kept"
+        );
     }
     assert!(t.contains_key("bin/f-in-bin"));
 }
 
 fn xattr_set(p: &Path) -> bool {
-    Command::new("setfattr").args(["-n", "user.kiln", "-v", "kept"]).arg(p).status().is_ok_and(|s| s.success())
+    Command::new("setfattr")
+        .args(["-n", "user.kiln", "-v", "kept"])
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success())
         || Command::new("python3")
-            .args(["-c", "import os,sys; os.setxattr(sys.argv[1], 'user.kiln', b'kept')"])
+            .args([
+                "-c",
+                "import os,sys; os.setxattr(sys.argv[1], 'user.kiln', b'kept')",
+            ])
             .arg(p)
             .status()
             .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn local_output_is_the_final_root_filesystem() {
+    let dir = TestDir::new("local-out");
+    let ctx = dir.path().join("ctx");
+    write_context(&ctx, "2024-01-01 10:00");
+    let root = dir.path().join("store");
+    let (out, _, err) = run(&mut kiln_at(
+        &root,
+        dir.path(),
+        &[
+            "build",
+            "-t",
+            "loc:1",
+            "--output",
+            "type=local,dest=rootfs",
+            "ctx",
+        ],
+    ));
+    assert!(out.status.success(), "{err}");
+    let fs = dir.path().join("rootfs");
+    assert_eq!(
+        std::fs::read(fs.join("app/run")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        std::fs::read(fs.join("app/deep/data.txt")).unwrap(),
+        b"data"
+    );
+    // Same tree as the image's layers say.
+    let t = util::images::tree(&root, "loc:1");
+    for (path, info) in &t {
+        let md = std::fs::symlink_metadata(fs.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(md.mode() & 0o7777, info.mode, "{path}");
+        assert_eq!(md.len() * u64::from(md.is_file()), info.size, "{path}");
+    }
+    // A non-empty destination is refused rather than clobbered.
+    let (out, _, err) = run(&mut kiln_at(
+        &root,
+        dir.path(),
+        &["build", "--output", "type=local,dest=rootfs", "ctx"],
+    ));
+    assert!(!out.status.success() && err.contains("rootfs"), "{err}");
 }

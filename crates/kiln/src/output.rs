@@ -125,7 +125,17 @@ pub fn export(
         )
         .with_context(what),
         OutputKind::Local => {
-            bail!("{spec}: the local output needs the layer unpacker, which is not wired in yet")
+            // Owners are kept when running as root; otherwise files belong to the caller.
+            let opts = kiln_snapshot::UnpackOptions::for_current_user();
+            let stats = kiln_snapshot::unpack_image(store, &built.manifest, &spec.dest, &opts)
+                .with_context(what)?;
+            if stats.devices_skipped > 0 {
+                eprintln!(
+                    "note: {} device nodes were not created (they need root)",
+                    stats.devices_skipped
+                );
+            }
+            Ok(())
         }
     }
 }
