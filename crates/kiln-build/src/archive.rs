@@ -113,17 +113,7 @@ pub fn plan_archive(
     for m in missing {
         parents.push(Planned {
             path: m,
-            node: SrcNode {
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                size: 0,
-                mtime: now,
-                xattrs: BTreeMap::new(),
-                content: Content::None,
-                link_key: None,
-            },
+            node: SrcNode::dir(0o755, 0, 0, now),
         });
     }
     parents.extend(out);

@@ -58,6 +58,23 @@ pub struct SrcNode {
     pub link_key: Option<(u64, u64)>,
 }
 
+impl SrcNode {
+    /// A directory with no content of its own.
+    pub fn dir(mode: u32, uid: u32, gid: u32, mtime: (i64, u32)) -> SrcNode {
+        SrcNode {
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            mtime,
+            xattrs: BTreeMap::new(),
+            content: Content::None,
+            link_key: None,
+        }
+    }
+}
+
 /// A tree of source paths (root-relative, `/`-separated, `""` is the root).
 #[derive(Clone, Debug, Default)]
 pub struct SourceTree {
@@ -427,20 +444,7 @@ fn create_parents(
         }
     }
     for m in missing {
-        out.insert(
-            m,
-            SrcNode {
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: owner.uid,
-                gid: owner.gid,
-                size: 0,
-                mtime: req.now,
-                xattrs: BTreeMap::new(),
-                content: Content::None,
-                link_key: None,
-            },
-        );
+        out.insert(m, SrcNode::dir(0o755, owner.uid, owner.gid, req.now));
     }
     Ok(())
 }

@@ -332,13 +332,7 @@ impl Ctx<'_> {
         match &ins.command {
             Command::Copy(cp) => {
                 let entries = self.plan_copy(state, scope, ins, cp)?;
-                state.add_layer(
-                    self.store,
-                    &entries,
-                    self.req.source_date_epoch,
-                    self.now,
-                    &created_by,
-                )?;
+                self.commit_layer(state, &entries, &created_by)?;
                 return Ok(());
             }
             Command::Workdir(_) => {
@@ -351,17 +345,7 @@ impl Ctx<'_> {
                         Some(u) if !u.is_empty() => self.owner_of(state, ins, &u)?,
                         _ => Owner { uid: 0, gid: 0 },
                     };
-                    let dir = SrcNode {
-                        kind: Kind::Dir,
-                        mode: 0o755,
-                        uid: owner.uid,
-                        gid: owner.gid,
-                        size: 0,
-                        mtime: self.now,
-                        xattrs: BTreeMap::new(),
-                        content: Content::None,
-                        link_key: None,
-                    };
+                    let dir = SrcNode::dir(0o755, owner.uid, owner.gid, self.now);
                     let tree = SourceTree::new(dir.clone());
                     let req = CopyRequest {
                         keyword: "WORKDIR",
@@ -382,13 +366,7 @@ impl Ctx<'_> {
                     if let Some(last) = entries.iter_mut().find(|p| p.path == clean(&wd)) {
                         last.node = dir;
                     }
-                    state.add_layer(
-                        self.store,
-                        &entries,
-                        self.req.source_date_epoch,
-                        self.now,
-                        &created_by,
-                    )?;
+                    self.commit_layer(state, &entries, &created_by)?;
                     return Ok(());
                 }
             }
@@ -472,6 +450,22 @@ impl Ctx<'_> {
         }
         state.add_empty_history(&created_by, self.req.source_date_epoch, self.now);
         Ok(())
+    }
+
+    /// Writes planned entries as the state's next layer.
+    fn commit_layer(
+        &self,
+        state: &mut ImageState,
+        entries: &[Planned],
+        created_by: &str,
+    ) -> Result<(), BuildError> {
+        Ok(state.add_layer(
+            self.store,
+            entries,
+            self.req.source_date_epoch,
+            self.now,
+            created_by,
+        )?)
     }
 
     fn owner_of(
@@ -692,17 +686,7 @@ impl Ctx<'_> {
 }
 
 fn dir_node(now: (i64, u32)) -> SrcNode {
-    SrcNode {
-        kind: Kind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: now,
-        xattrs: BTreeMap::new(),
-        content: Content::None,
-        link_key: None,
-    }
+    SrcNode::dir(0o755, 0, 0, now)
 }
 
 /// The argv of CMD/ENTRYPOINT: exec form as is, shell form through the image's SHELL.
