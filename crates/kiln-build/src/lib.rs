@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod glob;
 pub mod image;
 pub mod rootfs;
+pub mod run_argv;
 pub mod users;
 
 /// Image references live in kiln-oci; re-exported for callers of the build engine.

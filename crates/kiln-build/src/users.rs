@@ -149,3 +149,130 @@ mod tests {
         assert!(resolve_owner(":x", None, None).is_err());
     }
 }
+
+/// Who a `RUN` step runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (from `/etc/group` membership).
+    pub groups: Vec<u32>,
+}
+
+/// Resolves the config's `USER` for running a step, as docker does: a name or a uid that
+/// passwd lists takes its primary group there, a uid passwd does not list runs with group 0,
+/// and supplementary groups come from `/etc/group` membership of the user's name.
+pub fn resolve_run_user(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<RunUser, UserError> {
+    let spec = if spec.is_empty() { "0" } else { spec };
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = passwd.unwrap_or("");
+    let entry = passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        let matches =
+            f.len() >= 4 && (f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
+        matches
+            .then(|| {
+                Some((
+                    f[0].to_string(),
+                    f[2].parse::<u32>().ok()?,
+                    f[3].parse::<u32>().ok()?,
+                ))
+            })
+            .flatten()
+    });
+    let (name, uid, primary) = match (user.parse::<u32>(), entry) {
+        (_, Some((n, u, g))) => (Some(n), u, g),
+        (Ok(u), None) => (None, u, 0),
+        (Err(_), None) => return Err(UserError::NoUser(user.to_string())),
+    };
+    let gid = match grp {
+        None | Some("") => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entry(group.unwrap_or(""), g)
+                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
+        },
+    };
+    let mut groups = Vec::new();
+    if let (Some(name), None) = (&name, grp) {
+        for line in group.unwrap_or("").lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
+                if let Ok(g) = f[2].parse::<u32>() {
+                    if g != gid && !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+            }
+        }
+    }
+    Ok(RunUser { uid, gid, groups })
+}
+
+#[cfg(test)]
+mod run_user_tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\napp:x:1001:\naudio:x:29:app,other\nvideo:x:44:app\n";
+
+    #[test]
+    fn docker_semantics() {
+        let r = |s| resolve_run_user(s, Some(PASSWD), Some(GROUP));
+        assert_eq!(
+            r(""),
+            Ok(RunUser {
+                uid: 0,
+                gid: 0,
+                groups: vec![]
+            })
+        );
+        assert_eq!(
+            r("app"),
+            Ok(RunUser {
+                uid: 1000,
+                gid: 1001,
+                groups: vec![29, 44]
+            })
+        );
+        assert_eq!(
+            r("1000"),
+            Ok(RunUser {
+                uid: 1000,
+                gid: 1001,
+                groups: vec![29, 44]
+            })
+        );
+        assert_eq!(
+            r("4242"),
+            Ok(RunUser {
+                uid: 4242,
+                gid: 0,
+                groups: vec![]
+            }),
+            "unknown uid runs with group 0"
+        );
+        assert_eq!(
+            r("app:44"),
+            Ok(RunUser {
+                uid: 1000,
+                gid: 44,
+                groups: vec![]
+            }),
+            "an explicit group replaces them"
+        );
+        assert_eq!(
+            r("ghost").unwrap_err().to_string(),
+            "unable to find user ghost: no matching entries in passwd file"
+        );
+    }
+}
