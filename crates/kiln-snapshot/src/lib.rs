@@ -38,3 +38,6 @@
 pub mod unpack;
 
 pub use unpack::{unpack_image, unpack_layer, UnpackError, UnpackOptions, UnpackStats};
+pub mod diff;
+pub mod overlay;
+pub mod snapshots;
