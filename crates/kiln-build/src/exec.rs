@@ -36,6 +36,8 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// Names to tag the result with.
     pub tags: Vec<Reference>,
+    /// Network of RUN steps that do not say (`--network`; the host's by default).
+    pub network: kiln_dockerfile::instructions::NetworkMode,
 }
 
 impl BuildRequest {
@@ -49,6 +51,7 @@ impl BuildRequest {
             labels: BTreeMap::new(),
             source_date_epoch: None,
             tags: Vec::new(),
+            network: kiln_dockerfile::instructions::NetworkMode::Default,
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum Event<'a> {
         /// The instruction as written.
         text: &'a str,
     },
+    /// A line of a RUN step's output.
+    Output(&'a str),
     /// The current step finished.
     Done {
         /// How long it took.
@@ -181,6 +186,7 @@ pub fn build(
         context: None,
         stages: BTreeMap::new(),
         tmp: store.root().join("tmp"),
+        snapshots: None,
     };
     for &index in &plan.order {
         let stage = &df.stages[index];
@@ -228,17 +234,25 @@ pub fn build(
     })
 }
 
-/// RUN needs the sandbox of a later release; fail before doing any work.
+/// RUN features that come with later work fail before any work is done.
 fn refuse_unsupported(df: &Dockerfile, order: &[usize]) -> Result<(), BuildError> {
     let mut errors = Vec::new();
     for &i in order {
         for ins in &df.stages[i].instructions {
-            // `ONBUILD RUN` only records a trigger, so it is fine here.
-            if matches!(ins.command, Command::Run(_)) {
-                errors.push(
-                    DfError::new("RUN is not supported yet", ins.span)
-                        .with_help("this kiln builds images without RUN steps; rootless RUN comes with the sandbox"),
-                );
+            let Command::Run(r) = &ins.command else {
+                continue;
+            };
+            let unsupported = if !r.mounts.is_empty() {
+                Some("RUN --mount is not supported yet")
+            } else if r.security == Some(kiln_dockerfile::instructions::Security::Insecure) {
+                Some("RUN --security=insecure is not supported")
+            } else if !r.devices.is_empty() {
+                Some("RUN --device is not supported")
+            } else {
+                None
+            };
+            if let Some(msg) = unsupported {
+                errors.push(DfError::new(msg, ins.span));
             }
         }
     }
@@ -257,6 +271,7 @@ struct Ctx<'a> {
     context: Option<SourceTree>,
     stages: BTreeMap<usize, ImageState>,
     tmp: PathBuf,
+    snapshots: Option<kiln_snapshot::snapshots::Snapshots>,
 }
 
 impl Ctx<'_> {
@@ -290,13 +305,6 @@ impl Ctx<'_> {
                     }
                 })?;
             let mut ins = parsed.stages[0].instructions[0].clone();
-            if matches!(ins.command, Command::Run(_)) {
-                return Err(BuildError::Step {
-                    span: stage.from_span,
-                    message: format!("the base image's ONBUILD trigger {t:?} runs a command, and RUN is not supported yet"),
-                    help: None,
-                });
-            }
             ins.span = stage.from_span;
             steps.push(ins);
         }
@@ -312,7 +320,7 @@ impl Ctx<'_> {
             });
             let started = Instant::now();
             let (ex, _) = scope.step(ins)?;
-            self.apply(&mut state, &scope, &ex, &mut cmd_set_here)?;
+            self.apply(&mut state, &scope, &ex, &mut cmd_set_here, progress)?;
             progress.event(Event::Done {
                 elapsed: started.elapsed(),
             });
@@ -326,8 +334,12 @@ impl Ctx<'_> {
         scope: &Scope,
         ins: &Instruction,
         cmd_set_here: &mut bool,
+        progress: &mut dyn Progress,
     ) -> Result<(), BuildError> {
         let created_by = history_text(ins);
+        if let Command::Run(r) = &ins.command {
+            return self.run(state, scope, ins, r, &created_by, progress);
+        }
         let c = &mut state.config;
         match &ins.command {
             Command::Copy(cp) => {
@@ -441,7 +453,7 @@ impl Ctx<'_> {
             },
             Command::Onbuild(o) => c.add_onbuild(&o.expression),
             Command::Arg(_) => return Ok(()), // no history entry, as BuildKit does
-            Command::Run(_) | Command::From(_) => {
+            Command::From(_) | Command::Run(_) => {
                 return Err(BuildError::step(
                     ins,
                     format!("{} is not supported here", ins.command.keyword()),
@@ -449,6 +461,66 @@ impl Ctx<'_> {
             }
         }
         state.add_empty_history(&created_by, self.req.source_date_epoch, self.now);
+        Ok(())
+    }
+
+    /// A RUN step: sandboxed on an overlay of the image's snapshots; its changes are the layer.
+    fn run(
+        &mut self,
+        state: &mut ImageState,
+        scope: &Scope,
+        ins: &Instruction,
+        r: &kiln_dockerfile::instructions::RunCmd,
+        created_by: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<(), BuildError> {
+        if self.snapshots.is_none() {
+            let s = kiln_snapshot::snapshots::Snapshots::open_detected(self.store.root())
+                .map_err(|e| BuildError::step(ins, format!("opening the snapshot store: {e}")))?;
+            self.snapshots = Some(s);
+        }
+        let snapshots = self.snapshots.as_ref().expect("just opened");
+        let expand = |s: &str| scope.expand(s).unwrap_or_else(|_| s.to_string());
+        let default_network = match self.req.network {
+            kiln_dockerfile::instructions::NetworkMode::None => kiln_sandbox::run::Network::None,
+            _ => kiln_sandbox::run::Network::Host,
+        };
+        let step = crate::run::Step {
+            run: r,
+            env: scope.run_env(),
+            expand: &expand,
+            default_network,
+            source_date_epoch: self.req.source_date_epoch,
+        };
+        let mut emit = |line: &str| progress.event(Event::Output(line));
+        let result =
+            crate::run::run_step(self.store, snapshots, state, &step, &mut emit).map_err(|e| {
+                match e {
+                    crate::run::RunError::Failed {
+                        code,
+                        command,
+                        tail,
+                    } => BuildError::Step {
+                        span: ins.span,
+                        message: format!("RUN failed with exit code {code}"),
+                        help: Some(format!(
+                            "the command was: {command}\nits last output:\n{}",
+                            tail.join("\n")
+                        )),
+                    },
+                    other => BuildError::step(ins, other.to_string()),
+                }
+            })?;
+        match result.layer {
+            Some(info) => state.push_layer(
+                self.store,
+                info,
+                self.req.source_date_epoch,
+                self.now,
+                created_by,
+            )?,
+            None => state.add_empty_history(created_by, self.req.source_date_epoch, self.now),
+        }
         Ok(())
     }
 
@@ -706,7 +778,7 @@ fn argv_of(cl: &CommandLine, shell: &[String]) -> Vec<String> {
 fn history_text(ins: &Instruction) -> String {
     let text = ins.original.trim();
     match &ins.command {
-        Command::Copy(_) => format!("{text} # buildkit"),
+        Command::Copy(_) | Command::Run(_) => format!("{text} # buildkit"),
         _ => text.to_string(),
     }
 }

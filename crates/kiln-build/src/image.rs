@@ -202,7 +202,6 @@ impl ImageState {
         now: (i64, u32),
         created_by: &str,
     ) -> Result<(), ImageError> {
-        let rootfs_known = self.rootfs.is_some();
         let info = kiln_oci::layer::write_layer(store, Compression::None, |w| {
             w.set_clamp_mtime(source_date_epoch);
             for p in entries {
@@ -227,6 +226,19 @@ impl ImageState {
             }
             Ok(())
         })?;
+        self.push_layer(store, info, source_date_epoch, now, created_by)
+    }
+
+    /// Adds a layer already in the store (written by the step) to the image: config, history,
+    /// and the filesystem view.
+    pub fn push_layer(
+        &mut self,
+        store: &Store,
+        info: kiln_oci::layer::LayerInfo,
+        source_date_epoch: Option<i64>,
+        now: (i64, u32),
+        created_by: &str,
+    ) -> Result<(), ImageError> {
         let descriptor = oci_image::descriptor(
             kiln_oci::image::media_type::OCI_LAYER,
             &info.digest,
@@ -243,15 +255,24 @@ impl ImageState {
             comment: Some("buildkit.dockerfile.v0".into()),
             ..History::default()
         });
-        if rootfs_known {
-            let i = self.layers.len() - 1;
+        let i = self.layers.len() - 1;
+        if let Some(fs) = &mut self.rootfs {
             let tar = store.blob_path(&self.layers[i].diff_id);
-            let fs = self.rootfs.as_mut().expect("known");
             for (path, node) in index_tar(&tar)? {
                 fs.apply(i, &path, to_rootfs_node(node, i));
             }
         }
         Ok(())
+    }
+
+    /// The diffIDs of the layers, bottom first.
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+
+    /// The uncompressed tar of layer `i` (decompressed into the store once if needed).
+    pub fn layer_tar(&self, store: &Store, i: usize) -> Result<PathBuf, ImageError> {
+        uncompressed_layer(store, &self.layers[i])
     }
 
     /// Records a metadata-only step.

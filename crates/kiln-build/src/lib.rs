@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod glob;
 pub mod image;
 pub mod rootfs;
+pub mod run;
 pub mod run_argv;
 pub mod users;
 

@@ -337,7 +337,7 @@ fn fill(rng: &mut Rng, buf: &mut Vec<u8>, size: usize) {
             6..=8 => {
                 for _ in 0..chunk {
                     let r = rng.next();
-                    buf.push(if r % 4 == 0 {
+                    buf.push(if r.is_multiple_of(4) {
                         (r >> 8) as u8
                     } else {
                         (r >> 8) as u8 & 0x0f

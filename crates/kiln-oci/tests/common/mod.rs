@@ -265,7 +265,7 @@ fn check_digest(d: &str) -> Result<(), String> {
 
 fn check_base64(s: &str) -> Result<(), String> {
     let body = s.trim_end_matches('=');
-    let ok = s.len() % 4 == 0
+    let ok = s.len().is_multiple_of(4)
         && s.len() - body.len() <= 2
         && body
             .bytes()

@@ -48,6 +48,10 @@ pub struct Args {
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "plain"])]
     pub progress: String,
 
+    /// Network for RUN steps that do not set --network: default (the host's), host or none.
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "host", "none"])]
+    pub network: String,
+
     /// Print only the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -86,6 +90,7 @@ impl Progress for Plain {
                     .collect();
                 writeln!(err, "#{} [{stage}{step}/{total}] {one_line}", self.n)
             }
+            Event::Output(line) => writeln!(err, "#{} {line}", self.n),
             Event::Done { elapsed } => {
                 writeln!(err, "#{} DONE {:.1}s", self.n, elapsed.as_secs_f64())
             }
@@ -126,6 +131,9 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     }
     let src = input::read_dockerfile(args.dockerfile.file.as_deref(), &args.context)?;
     let options = input::build_options(&args.dockerfile)?;
+    if needs_run(&src.bytes, &options) {
+        enter_build_namespace(args.quiet)?;
+    }
     let tags = args
         .tags
         .iter()
@@ -153,6 +161,11 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         labels: parse_labels(&args.labels)?,
         source_date_epoch: source_date_epoch()?,
         tags: tags.clone(),
+        network: match args.network.as_str() {
+            "none" => kiln_dockerfile::instructions::NetworkMode::None,
+            "host" => kiln_dockerfile::instructions::NetworkMode::Host,
+            _ => kiln_dockerfile::instructions::NetworkMode::Default,
+        },
     };
     let started = Instant::now();
     let mut progress = Plain {
@@ -179,6 +192,49 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         eprintln!("built in {:.1}s", started.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a stage the target needs has a RUN step (parse errors are reported by the build).
+fn needs_run(dockerfile: &[u8], options: &kiln_dockerfile::stages::BuildOptions) -> bool {
+    use kiln_dockerfile::instructions::Command;
+    let Ok(df) = kiln_dockerfile::stages::Dockerfile::parse(dockerfile) else {
+        return false;
+    };
+    let Ok(plan) = df.plan(options) else {
+        return false;
+    };
+    plan.order.iter().any(|&i| {
+        df.stages[i]
+            .instructions
+            .iter()
+            .any(|ins| matches!(ins.command, Command::Run(_)))
+    })
+}
+
+/// RUN steps need a root that can own files as any user: unprivileged, kiln re-executes itself
+/// in a user namespace (the call returns only in the re-executed process); as root, it takes a
+/// private mount namespace so step mounts never show on the host and vanish with the process.
+fn enter_build_namespace(quiet: bool) -> Result<()> {
+    use kiln_sandbox::userns::{ensure_build_namespace, NamespaceMode};
+    match ensure_build_namespace()? {
+        NamespaceMode::Root => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .context("creating a private mount namespace")?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .context("making mounts private")?;
+        }
+        NamespaceMode::Rootless {
+            warning: Some(w), ..
+        } if !quiet => eprintln!("WARNING: {w}"),
+        NamespaceMode::Rootless { .. } => {}
+    }
+    Ok(())
 }
 
 fn report(src: &input::Source, e: BuildError) -> ExitCode {
