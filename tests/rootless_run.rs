@@ -1,0 +1,442 @@
+//! RUN steps: run rootless by an unprivileged user with subuid ranges (the product), run as
+//! root, and compared file by file with what BuildKit builds from the same Dockerfile.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::dockerd::Dockerd;
+use util::tools::{assert_success, require_root};
+use util::unpriv::unprivileged_user;
+use util::{kiln_bin, run, TestDir};
+
+/// Steps that exercise the differ: whiteouts into base layers, an opaque replaced directory,
+/// renames, chmod/chown/touch only, symlinks, hard links, foreign owners, setuid.
+const CHANGES: &str = "FROM genesis\n\
+RUN mkdir -p /data/keep /data/replace /data/old && echo 1 > /data/keep/a && echo 2 > /data/replace/b \\\n\
+ && echo 3 > /data/old/c && echo 4 > /data/chmod-me && echo 5 > /data/touch-me && echo 6 > /data/chown-me \\\n\
+ && ln -s keep/a /data/link && ln /data/keep/a /data/hard && mkdir /data/home && chown 1000:1000 /data/home\n\
+RUN rm /bin/vi && rm -rf /data/replace && mkdir /data/replace && echo new > /data/replace/x \\\n\
+ && mv /data/old /data/renamed && chmod 0600 /data/chmod-me && touch -d '2001-01-01 00:00' /data/touch-me \\\n\
+ && chown 1000:100 /data/chown-me && echo mine > /data/home/f && chown 1000:1000 /data/home/f \\\n\
+ && cp /bin/busybox /data/suid && chmod 4755 /data/suid && su -s /bin/sh nobody -c 'id -u > /tmp/nobody-ran'\n\
+RUN rm /data/link && ln -s /data/renamed/c /data/link && echo re > /data/keep/a && rm -f /tmp/nobody-ran\n\
+CMD [\"sh\"]\n";
+
+/// Builds genesis (busybox from scratch) into `store` and writes its tar to `dir/genesis.tar`.
+fn genesis(dir: &Path, store: &Path, as_user: Option<&util::unpriv::UnprivUser>) -> bool {
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return false;
+    };
+    let ctx = dir.join("genesis");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(rootfs, ctx.join("busybox.tar.xz")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD busybox.tar.xz /\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    let out = kiln(
+        as_user,
+        dir,
+        store,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "genesis",
+            "-o",
+            "genesis.tar",
+            "genesis",
+        ],
+    );
+    assert!(out.0, "{}", out.2);
+    true
+}
+
+/// Runs kiln as `user` (or as the test's own user).
+fn kiln(
+    user: Option<&util::unpriv::UnprivUser>,
+    cwd: &Path,
+    store: &Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut cmd = match user {
+        Some(u) => u.command(kiln_bin()),
+        None => Command::new(kiln_bin()),
+    };
+    cmd.current_dir(cwd).arg("--root").arg(store).args(args);
+    let (out, stdout, stderr) = run(&mut cmd);
+    (out.status.success(), stdout, stderr)
+}
+
+/// An image's files as (type, mode, uid, gid, size, link, content) from `docker export`.
+fn exported_tree(d: &Dockerd, image: &str, dir: &Path) -> BTreeMap<String, String> {
+    let name = format!("x-{}", image.replace([':', '/'], "-"));
+    let _ = d.docker(&["rm", "-f", &name]);
+    assert_success(
+        &d.docker(&["create", "--pull=never", "--name", &name, image, "true"]),
+        "docker create",
+    );
+    let tar = dir.join(format!("{name}.tar"));
+    assert_success(
+        &d.docker(&["export", "-o", tar.to_str().unwrap(), &name]),
+        "docker export",
+    );
+    let _ = d.docker(&["rm", "-f", &name]);
+    let code = "import tarfile,hashlib,sys\nfor m in tarfile.open(sys.argv[1]):\n    \
+        h = hashlib.sha256(tarfile.open(sys.argv[1]).extractfile(m).read()).hexdigest()[:16] if m.isfile() else ''\n    \
+        print(f'{m.name}\\t{m.type!r} {oct(m.mode)} {m.uid}:{m.gid} {m.size} {m.linkname} {h}')";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        // dockerd adds these to every container it creates.
+        .filter(|(p, _)| {
+            !matches!(
+                *p,
+                ".dockerenv"
+                    | "etc/hostname"
+                    | "etc/hosts"
+                    | "etc/resolv.conf"
+                    | "etc/mtab"
+                    | "proc"
+                    | "sys"
+                    | "dev"
+            ) && !p.starts_with("dev/")
+        })
+        .map(|(p, v)| (p.trim_end_matches('/').to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn run_steps_give_the_same_files_as_buildkit() {
+    if !require_root("dockerd for the BuildKit comparison") {
+        return;
+    }
+    let dir = TestDir::new("vs-buildkit-run");
+    let store = dir.path().join("store");
+    if !genesis(dir.path(), &store, None) {
+        return;
+    }
+    let ctx = dir.path().join("changes");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), CHANGES).unwrap();
+    let t = Instant::now();
+    let (ok, _, err) = kiln(
+        None,
+        dir.path(),
+        &store,
+        &[
+            "build",
+            "-t",
+            "changes:kiln",
+            "-o",
+            "changes.tar",
+            "changes",
+        ],
+    );
+    assert!(ok, "{err}");
+    println!("kiln build: {:.2}s", t.elapsed().as_secs_f64());
+    let Some(d) = Dockerd::start() else { return };
+    assert_success(
+        &d.load(&dir.path().join("genesis.tar")),
+        "docker load genesis",
+    );
+    let t = Instant::now();
+    assert_success(
+        &d.buildkit_build(
+            &ctx,
+            &ctx.join("Dockerfile"),
+            "changes:bk",
+            &["--network", "none"],
+        ),
+        "BuildKit build",
+    );
+    println!("BuildKit build: {:.2}s", t.elapsed().as_secs_f64());
+    assert_success(
+        &d.load(&dir.path().join("changes.tar")),
+        "docker load kiln's image",
+    );
+    let (bk, kl) = (
+        exported_tree(&d, "changes:bk", dir.path()),
+        exported_tree(&d, "changes:kiln", dir.path()),
+    );
+    let mut diffs = Vec::new();
+    for path in bk
+        .keys()
+        .chain(kl.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if bk.get(path) != kl.get(path) {
+            diffs.push(format!(
+                "{path}: BuildKit {:?} vs kiln {:?}",
+                bk.get(path),
+                kl.get(path)
+            ));
+        }
+    }
+    println!("compared {} paths with BuildKit", bk.len());
+    assert!(
+        bk.len() > 250,
+        "the busybox tree should be there ({} paths)",
+        bk.len()
+    );
+    assert!(diffs.is_empty(), "file trees differ:\n{}", diffs.join("\n"));
+    let hist = d.docker_ok(&["history", "--format", "{{.CreatedBy}}", "changes:kiln"]);
+    assert!(hist.contains("RUN rm /data/link"), "{hist}");
+}
+
+#[test]
+fn rootless_user_with_subuid_ranges_builds_what_root_builds() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("rootless-run");
+    let store = work.path().join("store");
+    if !genesis(work.path(), &store, Some(&user)) {
+        return;
+    }
+    let ctx = work.path().join("changes");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), CHANGES).unwrap();
+    user.chown(work.path());
+    let (ok, _, err) = kiln(
+        Some(&user),
+        work.path(),
+        &store,
+        &["build", "-t", "changes:rootless", "changes"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !err.contains("WARNING"),
+        "a full subuid map needs no warning: {err}"
+    );
+    let rootless = util::images::tree(&store, "changes:rootless");
+    // The same build as root.
+    let root_dir = TestDir::new("root-run");
+    let root_store = root_dir.path().join("store");
+    assert!(genesis(root_dir.path(), &root_store, None));
+    std::fs::create_dir_all(root_dir.path().join("changes")).unwrap();
+    std::fs::write(root_dir.path().join("changes/Dockerfile"), CHANGES).unwrap();
+    let (ok, _, err) = kiln(
+        None,
+        root_dir.path(),
+        &root_store,
+        &["build", "-t", "changes:root", "changes"],
+    );
+    assert!(ok, "{err}");
+    let root = util::images::tree(&root_store, "changes:root");
+    let strip = |t: &BTreeMap<String, util::images::FileInfo>| -> BTreeMap<String, (String, u32, u64, u64, Vec<u8>)> {
+        t.iter().map(|(k, v)| (k.clone(), (format!("{:?}", v.kind), v.mode, v.uid, v.gid, v.content.clone()))).collect()
+    };
+    assert_eq!(
+        strip(&rootless),
+        strip(&root),
+        "rootless and root builds must give the same files"
+    );
+    let home = &rootless["data/home/f"];
+    assert_eq!(
+        (home.uid, home.gid),
+        (1000, 1000),
+        "foreign owners survive the subuid map"
+    );
+    assert_eq!(rootless["data/suid"].mode, 0o4755);
+    assert!(
+        !util::tools::mounts_under(work.path()).iter().any(|_| true),
+        "no mounts left"
+    );
+}
+
+#[test]
+fn failing_run_reports_command_exit_code_and_output() {
+    let dir = TestDir::new("run-fails");
+    let store = dir.path().join("store");
+    if !genesis(dir.path(), &store, None) {
+        return;
+    }
+    std::fs::create_dir_all(dir.path().join("bad")).unwrap();
+    std::fs::write(
+        dir.path().join("bad/Dockerfile"),
+        "FROM genesis\nRUN echo before-failing && echo on-stderr >&2 && exit 3\n",
+    )
+    .unwrap();
+    let (ok, _, err) = kiln(None, dir.path(), &store, &["build", "-t", "bad:1", "bad"]);
+    assert!(!ok);
+    for want in [
+        "error: RUN failed with exit code 3",
+        "--> bad/Dockerfile:2:1",
+        "before-failing",
+        "on-stderr",
+        "echo before-failing",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    let (_, images, _) = kiln(None, dir.path(), &store, &["images", "-q"]);
+    assert_eq!(
+        images.lines().count(),
+        1,
+        "only genesis: a failed build tags nothing"
+    );
+    assert!(util::images::corrupt_blobs(&store).is_empty());
+}
+
+#[test]
+fn ctrl_c_during_a_long_run_leaves_no_process_or_mount() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("ctrl-c");
+    let store = work.path().join("store");
+    if !genesis(work.path(), &store, Some(&user)) {
+        return;
+    }
+    std::fs::create_dir_all(work.path().join("slow")).unwrap();
+    std::fs::write(
+        work.path().join("slow/Dockerfile"),
+        "FROM genesis\nRUN echo started && sleep 4242\n",
+    )
+    .unwrap();
+    user.chown(work.path());
+    let mut child = user
+        .command(kiln_bin())
+        .current_dir(work.path())
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = || util::tools::processes_mentioning("sleep 4242");
+    assert!(
+        util::tools::wait_until(Duration::from_secs(20), || !sleeping().is_empty()),
+        "the step never started"
+    );
+    // SIGINT, as a terminal's Ctrl-C delivers it.
+    assert!(util::tools::signal(child.id() as i32, 2));
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        util::tools::wait_until(Duration::from_secs(10), || sleeping().is_empty()),
+        "left running: {:?}",
+        sleeping()
+    );
+    assert!(
+        util::tools::mounts_under(work.path()).is_empty(),
+        "mounts left: {:?}",
+        util::tools::mounts_under(work.path())
+    );
+}
+
+#[test]
+fn without_subordinate_ranges_a_single_id_build_warns_and_still_works() {
+    if !require_root("creating a user without subuid ranges") {
+        return;
+    }
+    let name = "kilntest2";
+    if Command::new("id")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        assert!(Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", name])
+            .status()
+            .unwrap()
+            .success());
+    }
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{name}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(f, kept).unwrap();
+    }
+    let dir = TestDir::new("single-id");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(dir.path().join("ctx")).unwrap();
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    std::fs::copy(rootfs, dir.path().join("ctx/busybox.tar.xz")).unwrap();
+    std::fs::write(
+        dir.path().join("ctx/Dockerfile"),
+        "FROM scratch\nADD busybox.tar.xz /\nRUN echo plain > /plain\n",
+    )
+    .unwrap();
+    assert!(Command::new("chown")
+        .args(["-R", &format!("{name}:{name}")])
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new("setpriv")
+        .args(["--reuid", name, "--regid", name, "--init-groups"])
+        .arg(kiln_bin())
+        .current_dir(dir.path())
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "-t", "single:1", "ctx"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("/etc/subuid"),
+        "the single-id warning says how to add ranges:\n{err}"
+    );
+    assert_eq!(err.matches("WARNING").count(), 1, "one warning, once");
+}
+
+#[test]
+fn workdir_through_proc_self_fd_cannot_reach_host_files() {
+    let dir = TestDir::new("leaky-vessels");
+    let store = dir.path().join("store");
+    if !genesis(dir.path(), &store, None) {
+        return;
+    }
+    std::fs::create_dir_all(dir.path().join("ctx")).unwrap();
+    for n in [3, 4, 5, 7, 8] {
+        std::fs::write(
+            dir.path().join("ctx/Dockerfile"),
+            format!("FROM genesis\nWORKDIR /proc/self/fd/{n}\nRUN cat ../../../etc/hostname > /leak 2>/dev/null; ls /proc/self/cwd/.. > /leak2 2>&1; true\n"),
+        )
+        .unwrap();
+        let (ok, _, err) = kiln(None, dir.path(), &store, &["build", "-t", "leak:1", "ctx"]);
+        if ok {
+            // If it ran at all, it ran inside the image: no host file reached the layer.
+            let t = util::images::tree(&store, "leak:1");
+            let host_name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let leaked = t
+                .get("leak")
+                .map(|f| String::from_utf8_lossy(&f.content).to_string())
+                .unwrap_or_default();
+            assert!(
+                host_name.trim().is_empty() || !leaked.contains(host_name.trim()),
+                "host file leaked via fd {n}"
+            );
+        } else {
+            assert!(
+                err.contains("WORKDIR") || err.contains("/proc"),
+                "fd {n}: unclear error:\n{err}"
+            );
+        }
+    }
+}
