@@ -61,9 +61,11 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bench: benchmarks; results go into docs/performance.md by hand, with the command.
-bench:
+bench: build
 	$(CARGO) bench -p kiln --bench frontend --locked
 	$(CARGO) bench -p kiln-oci --bench export --locked
+	@if [ "$$(id -u)" = 0 ]; then scripts/bench-run.sh $(KILN) 5; \
+	else echo "(RUN benchmarks against BuildKit and buildah need root: sudo scripts/bench-run.sh)"; fi
 
 clean:
 	$(CARGO) clean
