@@ -440,3 +440,38 @@ fn workdir_through_proc_self_fd_cannot_reach_host_files() {
         }
     }
 }
+
+#[test]
+fn kiln_info_reports_namespace_and_snapshot_mode() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("info");
+    let (ok, out, err) = kiln(
+        Some(&user),
+        work.path(),
+        &work.path().join("store"),
+        &["info"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.matches("store:").count(),
+        1,
+        "printed once, from inside the namespace:\n{out}"
+    );
+    assert!(
+        out.contains("user namespace:  rootless, 65537 ids mapped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("snapshots:       overlayfs (userxattr"),
+        "{out}"
+    );
+    let dir = TestDir::new("info-root");
+    let (ok, out, _) = kiln(None, dir.path(), &dir.path().join("store"), &["info"]);
+    assert!(
+        ok && out.contains("none (running as root)")
+            && out.contains("snapshots:       overlayfs\n"),
+        "{out}"
+    );
+}

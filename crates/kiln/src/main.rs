@@ -49,6 +49,8 @@ enum Command {
     Load(cmd::load::Args),
     /// Create an image from a root filesystem tarball.
     Import(cmd::import::Args),
+    /// Show how kiln builds on this machine: store, user namespace, snapshot mode.
+    Info(cmd::info::Args),
     /// Validate a Dockerfile (and the context's .dockerignore) and report every problem found.
     Check(cmd::check::Args),
 }
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
     let root = cli.root.as_ref();
     let result = match cli.command {
         Command::Build(args) => cmd::build::run(args, root),
+        Command::Info(args) => cmd::info::run(args, root),
         Command::Images(args) => cmd::images::run(args, root),
         Command::Inspect(args) => cmd::inspect::run(args, root),
         Command::History(args) => cmd::history::run(args, root),

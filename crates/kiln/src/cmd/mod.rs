@@ -5,6 +5,7 @@ pub mod check;
 pub mod history;
 pub mod images;
 pub mod import;
+pub mod info;
 pub mod inspect;
 pub mod load;
 pub mod parse;
