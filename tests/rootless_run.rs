@@ -475,3 +475,133 @@ fn kiln_info_reports_namespace_and_snapshot_mode() {
         "{out}"
     );
 }
+
+/// Ownership a real distribution needs: new users, `_apt`, `setpriv`/`su` to other uids, a
+/// removed directory tree of the base, a symlink — same files as BuildKit's build.
+const DEBIAN_CHANGES: &str = "FROM debian:bookworm\n\
+RUN useradd -m -u 1000 app && mkdir -p /srv/data && chown app:app /srv/data \\\n\
+ && chown _apt:root /var/cache/apt/archives/partial && chmod 0700 /var/cache/apt/archives/partial\n\
+RUN setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo hi > /srv/data/by-app' \\\n\
+ && su -s /bin/sh _apt -c 'id -u > /tmp/apt-uid' && test \"$(cat /tmp/apt-uid)\" = 42 \\\n\
+ && rm -rf /usr/share/doc /tmp/apt-uid && ln -s /srv /opt/srv-link\n\
+RUN echo built > /etc/built && chmod u+s /usr/bin/env\n";
+
+#[test]
+fn debian_base_builds_the_same_files_as_buildkit() {
+    let Some(debian) = util::fixtures::debian_rootfs() else {
+        return;
+    };
+    let dir = TestDir::new("debian-vs-buildkit");
+    let store = dir.path().join("store");
+    let (ok, _, err) = kiln(
+        None,
+        dir.path(),
+        &store,
+        &["import", debian.to_str().unwrap(), "debian:bookworm"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = kiln(
+        None,
+        dir.path(),
+        &store,
+        &["save", "-o", "debian.tar", "debian:bookworm"],
+    );
+    assert!(ok, "{err}");
+    let ctx = dir.path().join("changes");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DEBIAN_CHANGES).unwrap();
+    // Rootless, as the unprivileged user with a subuid range: the product's path.
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("debian-rootless");
+    let ustore = work.path().join("store");
+    std::fs::copy(
+        dir.path().join("debian.tar"),
+        work.path().join("debian.tar"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.path().join("changes")).unwrap();
+    std::fs::write(work.path().join("changes/Dockerfile"), DEBIAN_CHANGES).unwrap();
+    user.chown(work.path());
+    let (ok, _, err) = kiln(
+        Some(&user),
+        work.path(),
+        &ustore,
+        &["load", "-i", "debian.tar"],
+    );
+    assert!(ok, "{err}");
+    let t = Instant::now();
+    let (ok, _, err) = kiln(
+        Some(&user),
+        work.path(),
+        &ustore,
+        &[
+            "build",
+            "-t",
+            "deb:kiln",
+            "--network",
+            "none",
+            "-o",
+            "deb-kiln.tar",
+            "changes",
+        ],
+    );
+    assert!(ok, "{err}");
+    println!(
+        "kiln rootless build on debian: {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let Some(d) = Dockerd::start() else { return };
+    assert_success(
+        &d.load(&dir.path().join("debian.tar")),
+        "docker load debian",
+    );
+    let t = Instant::now();
+    assert_success(
+        &d.buildkit_build(
+            &ctx,
+            &ctx.join("Dockerfile"),
+            "deb:bk",
+            &["--network", "none"],
+        ),
+        "BuildKit build",
+    );
+    println!(
+        "BuildKit build on debian: {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_success(
+        &d.load(&work.path().join("deb-kiln.tar")),
+        "docker load kiln's image",
+    );
+    let (bk, kl) = (
+        exported_tree(&d, "deb:bk", dir.path()),
+        exported_tree(&d, "deb:kiln", dir.path()),
+    );
+    let mut diffs = Vec::new();
+    for path in bk
+        .keys()
+        .chain(kl.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if bk.get(path) != kl.get(path) {
+            diffs.push(format!(
+                "{path}: BuildKit {:?} vs kiln {:?}",
+                bk.get(path),
+                kl.get(path)
+            ));
+        }
+    }
+    println!(
+        "compared {} paths of a Debian image with BuildKit",
+        bk.len()
+    );
+    assert!(bk.len() > 5000, "{} paths", bk.len());
+    assert!(
+        diffs.is_empty(),
+        "{} differences, first ones:\n{}",
+        diffs.len(),
+        diffs[..diffs.len().min(30)].join("\n")
+    );
+}

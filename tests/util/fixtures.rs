@@ -80,3 +80,54 @@ pub fn busybox_context(dir: &Path) -> bool {
     std::fs::write(dir.join("Dockerfile"), BUSYBOX_DOCKERFILE).expect("write Dockerfile");
     true
 }
+
+/// A Debian bookworm root filesystem tarball made with `debootstrap --variant=minbase` from
+/// deb.debian.org, cached across test runs in `/var/tmp/kiln-test-cache` (debootstrap takes a
+/// minute and downloads ~40 MB). Needs root and debootstrap; follows the require semantics.
+pub fn debian_rootfs() -> Option<PathBuf> {
+    if !super::tools::require_root("debootstrap of the Debian base")
+        || !super::tools::require_tool("debootstrap")
+    {
+        return None;
+    }
+    let cache = PathBuf::from("/var/tmp/kiln-test-cache");
+    let tar = cache.join("debian-bookworm-minbase.tar");
+    if tar.exists() {
+        return Some(tar);
+    }
+    std::fs::create_dir_all(&cache).expect("create cache dir");
+    let tmp = cache.join(format!("debootstrap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let st = std::process::Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&tmp)
+        .arg("http://deb.debian.org/debian")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run debootstrap");
+    assert!(
+        st.success(),
+        "debootstrap failed (is deb.debian.org reachable?)"
+    );
+    let partial = cache.join(format!("debian-{}.tar.part", std::process::id()));
+    // Device nodes are left out: images never need them (the sandbox provides /dev).
+    let st = std::process::Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--exclude=./dev/*",
+            "--exclude=./proc/*",
+            "--exclude=./sys/*",
+            "-C",
+        ])
+        .arg(&tmp)
+        .arg("-cf")
+        .arg(&partial)
+        .arg(".")
+        .status()
+        .expect("tar the rootfs");
+    assert!(st.success());
+    std::fs::rename(&partial, &tar).expect("publish cached tarball");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Some(tar)
+}
