@@ -605,3 +605,55 @@ fn debian_base_builds_the_same_files_as_buildkit() {
         diffs[..diffs.len().min(30)].join("\n")
     );
 }
+
+#[test]
+fn rmi_and_prune_remove_snapshots_owned_by_subordinate_ids() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("snap-gc");
+    let store = work.path().join("store");
+    if !genesis(work.path(), &store, Some(&user)) {
+        return;
+    }
+    std::fs::create_dir_all(work.path().join("owned")).unwrap();
+    std::fs::write(
+        work.path().join("owned/Dockerfile"),
+        "FROM genesis\nRUN mkdir /o && chown 4242:4242 /o && echo x > /o/f && chown 4242 /o/f\n",
+    )
+    .unwrap();
+    user.chown(work.path());
+    let (ok, _, err) = kiln(
+        Some(&user),
+        work.path(),
+        &store,
+        &["build", "-t", "owned:1", "owned"],
+    );
+    assert!(ok, "{err}");
+    let snaps = |dir: &Path| {
+        std::fs::read_dir(dir.join("snapshots"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().len() == 64)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(snaps(&store), 2, "the base layer and the RUN layer");
+    let (ok, out, err) = kiln(
+        Some(&user),
+        work.path(),
+        &store,
+        &["rmi", "owned:1", "genesis"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("Untagged: owned:1"), "{out}");
+    assert_eq!(
+        snaps(&store),
+        0,
+        "snapshots with files of uid 4242 are gone (removed inside the user namespace)"
+    );
+    let (ok, out, err) = kiln(Some(&user), work.path(), &store, &["prune"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("Deleted 0 blobs"), "{out}");
+}

@@ -9,6 +9,7 @@ mod diag;
 mod images;
 mod input;
 mod output;
+mod snapshots_gc;
 mod store;
 
 /// Build OCI images from Dockerfiles, without a daemon and without root.

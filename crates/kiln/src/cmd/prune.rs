@@ -9,6 +9,7 @@ use std::process::ExitCode;
 pub struct Args {}
 
 pub fn run(_args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
+    let has_snapshots = crate::snapshots_gc::prepare(root)?;
     let store = crate::store::open(root)?;
     let report = store.gc(&[])?;
     println!(
@@ -17,5 +18,9 @@ pub fn run(_args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         report.removed_temp_files,
         crate::images::human_size(report.removed_bytes)
     );
+    if has_snapshots {
+        let n = crate::snapshots_gc::collect(&store)?;
+        println!("Deleted {n} unused layer snapshots");
+    }
     Ok(ExitCode::SUCCESS)
 }

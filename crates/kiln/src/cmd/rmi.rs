@@ -18,6 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
+    let has_snapshots = crate::snapshots_gc::prepare(root)?;
     let store = crate::store::open(root)?;
     for what in &args.images {
         let by_name = Reference::parse(what)
@@ -47,6 +48,9 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         }
     }
     let report = store.gc(&[])?;
+    if has_snapshots {
+        crate::snapshots_gc::collect(&store)?;
+    }
     if !report.removed_blobs.is_empty() {
         println!(
             "Freed {} in {} blobs",
