@@ -471,18 +471,20 @@ fn probe_crash_kills_the_sandbox() {
     }
     let Some(fs) = Rootfs::new() else { return };
     let t = unique_token(5);
-    let mut child = Command::new(probe())
-        .args(["--rootfs", fs.path().to_str().unwrap(), "--", "sleep", &t])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(probe())
+            .args(["--rootfs", fs.path().to_str().unwrap(), "--", "sleep", &t])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(
         wait_until(5, || !pids_with(&format!("sleep {t}")).is_empty()),
         "sleep did not start"
     );
     // SIGKILL: no cleanup code runs in kiln; the parent-death signal has to do it.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     assert!(
         wait_until(5, || pids_with(&format!("sleep {t}")).is_empty()),
         "sandbox survived its parent"
@@ -496,25 +498,71 @@ fn probe_sigint_kills_the_sandbox_and_exits_130() {
     }
     let Some(fs) = Rootfs::new() else { return };
     let t = unique_token(6);
-    let mut child = Command::new(probe())
-        .args([
-            "--rootfs",
-            fs.path().to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            &format!("sleep {t} & sleep {t}"),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(probe())
+            .args([
+                "--rootfs",
+                fs.path().to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("sleep {t} & sleep {t}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_until(5, || pids_with(&format!("sleep {t}")).len() == 2));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let st = child.wait().unwrap();
+    let st = child.0.wait().unwrap();
     assert_eq!(st.code(), Some(130));
     assert!(pids_with(&format!("sleep {t}")).is_empty());
+}
+
+#[test]
+fn setuid_binaries_work_because_no_new_privs_stays_off() {
+    let Some(fs) = setup() else { return };
+    make_su_work(&fs);
+    let mut spec = fs.spec(&["su", "-c", "id -u", "root"]);
+    spec.uid = 65534;
+    spec.gid = 65534;
+    let out = capture(&spec).unwrap();
+    assert_eq!(out.stdout, "0\n", "{}", out.stderr);
+}
+
+/// Steps start from many threads at once (kiln builds stages concurrently): the fork in a
+/// multi-threaded process must neither deadlock nor mix up reports.
+#[test]
+fn concurrent_steps_from_many_threads() {
+    let Some(fs) = setup() else { return };
+    let path = fs.path();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let mut spec = kiln_sandbox::run::RunSpec::new(
+                        &path,
+                        vec![
+                            "/bin/sh".into(),
+                            "-c".into(),
+                            format!("echo {t}-{i}; exit {i}"),
+                        ],
+                    );
+                    spec.hostname = format!("t{t}");
+                    let out = capture(&spec).unwrap();
+                    assert_eq!(out.stdout, format!("{t}-{i}\n"));
+                    assert_eq!(out.status.code(), i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_no_mounts_under(&path);
 }

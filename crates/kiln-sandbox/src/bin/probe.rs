@@ -229,11 +229,13 @@ fn bench(spec: &RunSpec, n: usize) -> ExitCode {
         println!("runs=0");
         return ExitCode::SUCCESS;
     }
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     println!(
-        "runs={} median_ms={:.2} min_ms={:.2} max_ms={:.2}",
+        "runs={} median_ms={:.2} min_ms={:.2} p90_ms={:.2} max_ms={:.2}",
         times.len(),
-        times[times.len() / 2],
+        at(0.5),
         times[0],
+        at(0.9),
         times[times.len() - 1]
     );
     ExitCode::SUCCESS

@@ -427,7 +427,13 @@ fn become_user(setup: &ChildSetup) -> Result<(), Failure> {
 /// failure, after reporting it.
 fn exec(setup: &ChildSetup, reporter: &Reporter<'_>) {
     let p = &setup.plan.process;
-    let program = &p.argv[0];
+    let Some(program) = p.argv.first() else {
+        reporter.send(&Frame::ExecFailed {
+            program: String::new(),
+            errno: Errno::ENOENT,
+        });
+        return;
+    };
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = p.argv.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = p

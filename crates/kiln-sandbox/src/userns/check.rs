@@ -213,18 +213,42 @@ impl Fallback {
     }
 }
 
-/// The one warning for single-id mode: what breaks and how to fix it.
+/// Where a new 65536-id range can start without overlapping any range already handed out
+/// in the given /etc/subuid and /etc/subgid texts (never below 100000, the usual start).
+pub fn free_subid_start(files: &[&str]) -> u64 {
+    let mut start: u64 = 100_000;
+    for text in files {
+        for line in text.lines() {
+            let f: Vec<&str> = line.trim().split(':').collect();
+            if let [_, s, c] = f[..] {
+                if let (Ok(s), Ok(c)) = (s.parse::<u64>(), c.parse::<u64>()) {
+                    start = start.max(s + c);
+                }
+            }
+        }
+    }
+    start
+}
+
+/// The one warning for single-id mode: what breaks and how to fix it, suggesting the range
+/// 100000-165535.
 pub fn single_id_warning(user: &str, why: Option<&Fallback>) -> String {
+    single_id_warning_at(user, why, 100_000)
+}
+
+/// [`single_id_warning`] suggesting the 65536 ids from `start` (see [`free_subid_start`]).
+pub fn single_id_warning_at(user: &str, why: Option<&Fallback>, start: u64) -> String {
     let reason = why
         .map(|w| w.describe(user))
         .unwrap_or_else(|| "no subordinate ids could be mapped".to_string());
+    let end = start + 65_535;
     format!(
         "building with a single-id user namespace: {reason}. Only root (uid/gid 0) exists \
          inside, so steps that give files to other users (`chown 1234 file`, unpacking \
          images with non-root files), switch users (apt's `_apt` sandbox, `su`, `USER \
          1000`) or call setgroups will fail. To map a full range, give {user} subordinate \
-         ids — `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}` \
-         (or add `{user}:100000:65536` to /etc/subuid and /etc/subgid) — and install \
+         ids — `sudo usermod --add-subuids {start}-{end} --add-subgids {start}-{end} {user}` \
+         (or add `{user}:{start}:65536` to /etc/subuid and /etc/subgid) — and install \
          newuidmap/newgidmap (package `uidmap`), then run kiln again."
     )
 }
@@ -332,6 +356,20 @@ mod tests {
             }),
         );
         assert!(w.contains("uidmap"), "{w}");
+    }
+
+    #[test]
+    fn suggested_range_avoids_existing_ones() {
+        assert_eq!(free_subid_start(&["", ""]), 100_000);
+        let uid = "kilntest:100000:65536\n# note\nbad line\n";
+        let gid = "kilntest:100000:65536\nother:300000:10\n";
+        assert_eq!(free_subid_start(&[uid, gid]), 300_010);
+        let w = single_id_warning_at("u", None, 165_536);
+        assert!(
+            w.contains("--add-subuids 165536-231071 --add-subgids 165536-231071 u"),
+            "{w}"
+        );
+        assert!(w.contains("`u:165536:65536`"), "{w}");
     }
 
     #[test]

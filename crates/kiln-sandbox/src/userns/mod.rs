@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
-pub use check::{single_id_warning, Fallback, UsernsSysctls};
+pub use check::{
+    free_subid_start, single_id_warning, single_id_warning_at, Fallback, UsernsSysctls,
+};
 pub use idmap::{
     describe_map, helper_args, is_identity_map, map_contains, map_lines, mapped_count,
     parse_kernel_map, parse_subid_ranges, single_id_map, MapLine, SubIdRange,
@@ -118,7 +120,11 @@ fn enter_inside() -> Result<NamespaceMode, SandboxError> {
     let gids = read_own_map("gid");
     // The kernel's maps are the truth; the status only explains a fallback.
     let full_map = idmap::mapped_count(&uids) > 1 && idmap::mapped_count(&gids) > 1;
-    let warning = (!full_map).then(|| single_id_warning(&status.user, status.fallback.as_ref()));
+    let warning = (!full_map).then(|| {
+        let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+        let start = free_subid_start(&[&read("/etc/subuid"), &read("/etc/subgid")]);
+        single_id_warning_at(&status.user, status.fallback.as_ref(), start)
+    });
     Ok(NamespaceMode::Rootless { full_map, warning })
 }
 

@@ -69,10 +69,11 @@ impl Status {
 pub(super) fn read_status() -> Status {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     let fallback_user = || getuid().to_string();
-    let Some(fd) = std::env::var(STATUS_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+    let value = std::env::var(STATUS_FD_ENV).ok();
+    // Programs kiln starts must not take the number for a status pipe of their own: by
+    // then it may name any descriptor. (Called once at startup, before other threads.)
+    std::env::remove_var(STATUS_FD_ENV);
+    let Some(fd) = value.and_then(|v| v.parse::<i32>().ok()) else {
         return Status {
             user: fallback_user(),
             fallback: None,

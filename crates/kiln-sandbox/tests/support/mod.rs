@@ -170,7 +170,8 @@ pub fn capture(spec: &RunSpec) -> Result<Captured, SandboxError> {
     })
 }
 
-/// Pids whose command line contains `needle` (arguments joined by spaces).
+/// Pids whose command line starts with `needle` (arguments joined by spaces). "Starts
+/// with", so the probe whose arguments mention the same command does not count.
 pub fn pids_with(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -182,7 +183,7 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
         };
         if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if cmd.contains(needle) {
+            if cmd.starts_with(needle) {
                 found.push(pid);
             }
         }
@@ -324,6 +325,31 @@ impl TestUser {
 
 pub fn probe() -> &'static str {
     env!("CARGO_BIN_EXE_kiln-sandbox-probe")
+}
+
+/// Makes `su` usable by any user in the rootfs: busybox setuid root, and root with an
+/// empty password (busybox su then asks for none).
+pub fn make_su_work(fs: &Rootfs) {
+    std::fs::set_permissions(
+        fs.path().join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::write(
+        fs.path().join("etc/shadow"),
+        "root::19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+}
+
+/// A child process killed when the test ends, even when it fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn text(out: &Output) -> (String, String) {
