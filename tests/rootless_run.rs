@@ -657,3 +657,66 @@ fn rmi_and_prune_remove_snapshots_owned_by_subordinate_ids() {
     assert!(ok, "{err}");
     assert!(out.starts_with("Deleted 0 blobs"), "{out}");
 }
+
+/// `user.max_user_namespaces=0`. Root here may not change the host's value, but the limit is
+/// per user namespace: root makes a throwaway namespace, sets 0 inside it, and kiln runs there
+/// as the unprivileged user. The host's value is never touched.
+#[test]
+fn user_namespaces_disabled_gives_the_documented_error() {
+    if !require_root("mapping a throwaway user namespace") {
+        return;
+    }
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let work = user.scratch_dir("no-userns");
+    std::fs::create_dir_all(work.path().join("ctx")).unwrap();
+    std::fs::write(
+        work.path().join("ctx/Dockerfile"),
+        "FROM scratch\nRUN true\n",
+    )
+    .unwrap();
+    user.chown(work.path());
+    let go = work.path().join("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.01; done; exec sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && \
+         cd {dir} && exec setpriv --reuid={uid} --regid={gid} --clear-groups env HOME={dir} {kiln} --root {dir}/store build ctx'",
+        go = go.display(),
+        dir = work.path().display(),
+        uid = user.uid,
+        gid = user.gid,
+        kiln = kiln_bin().display(),
+    );
+    let mut child = Command::new("unshare")
+        .args(["--user", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let me = std::fs::read_link("/proc/self/ns/user").ok();
+    assert!(util::tools::wait_until(
+        Duration::from_secs(5),
+        || std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != me
+    ));
+    // Root may write any map for a child namespace: ids 0..65536 one to one.
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("user.max_user_namespaces = 0"),
+        "the error names the setting:\n{err}"
+    );
+    assert!(
+        err.contains("sysctl -w user.max_user_namespaces="),
+        "and the fix:\n{err}"
+    );
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}
