@@ -130,6 +130,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Stopped by [`crate::run::interrupt`] (Ctrl-C); everything the build made was removed.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl BuildError {
@@ -312,6 +315,9 @@ impl Ctx<'_> {
         let mut cmd_set_here = false;
         let total = steps.len();
         for (n, ins) in steps.iter().enumerate() {
+            if crate::run::interrupted() {
+                return Err(BuildError::Interrupted);
+            }
             progress.event(Event::Step {
                 stage: label,
                 step: n + 1,
@@ -496,6 +502,7 @@ impl Ctx<'_> {
         let result =
             crate::run::run_step(self.store, snapshots, state, &step, &mut emit).map_err(|e| {
                 match e {
+                    crate::run::RunError::Interrupted => BuildError::Interrupted,
                     crate::run::RunError::Failed {
                         code,
                         command,

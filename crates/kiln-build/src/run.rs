@@ -17,6 +17,22 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+/// Set once the build was asked to stop.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops the build: the running step is killed (its pid-namespace init, so the whole tree
+/// goes) and the build returns [`crate::BuildError::Interrupted`], unmounting and removing
+/// what it made on the way. Async-signal-safe (it only sets a flag): call it from a SIGINT
+/// handler.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Lines of output kept to show when a step fails.
 const TAIL_LINES: usize = 20;
 
@@ -33,6 +49,9 @@ pub enum RunError {
         /// Its last output lines.
         tail: Vec<String>,
     },
+    /// The build was interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
     /// Setting up or tearing down the step failed.
     #[error("{0}")]
     Setup(String),
@@ -132,8 +151,25 @@ pub fn run_step(
         stdout: Stdio::Fd(writer),
         stderr: Stdio::Fd(writer2),
     };
+    if interrupted() {
+        return Err(RunError::Interrupted);
+    }
     let mut running =
         sandbox::start(&spec, io).map_err(|e| setup("starting the step")(e.to_string()))?;
+    // Signal handlers can only set a flag; this thread turns it into a kill of the step.
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (killer, finished) = (running.killer(), finished.clone());
+        std::thread::spawn(move || {
+            while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                if interrupted() {
+                    let _ = killer.kill();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
     for line in BufReader::new(reader).split(b'\n') {
         let Ok(line) = line else { break };
@@ -146,9 +182,15 @@ pub fn run_step(
     }
     let status = running
         .wait()
-        .map_err(|e| setup("waiting for the step")(e.to_string()))?;
+        .map_err(|e| setup("waiting for the step")(e.to_string()));
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
+    let status = status?;
     stubs.extend(running.created_stubs().iter().cloned());
     guard.unmount()?;
+    if interrupted() {
+        return Err(RunError::Interrupted);
+    }
     if !status.success() {
         return Err(RunError::Failed {
             code: status.code(),

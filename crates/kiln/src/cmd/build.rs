@@ -167,6 +167,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
             _ => kiln_dockerfile::instructions::NetworkMode::Default,
         },
     };
+    install_interrupt_handler();
     let started = Instant::now();
     let mut progress = Plain {
         n: 0,
@@ -237,8 +238,31 @@ fn enter_build_namespace(quiet: bool) -> Result<()> {
     Ok(())
 }
 
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    kiln_build::run::interrupt();
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP stop the build in an orderly way: the running step is killed and
+/// the build unwinds, unmounting and removing what it made, then kiln exits with 130.
+fn install_interrupt_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to atomics and calls kill(2), both async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
 fn report(src: &input::Source, e: BuildError) -> ExitCode {
     match e {
+        BuildError::Interrupted => {
+            eprintln!("interrupted: the build was stopped and its temporary files removed");
+            return ExitCode::from(130);
+        }
         BuildError::Dockerfile(errs) => return crate::cmd::parse::report(src, &errs),
         BuildError::Step {
             span,
