@@ -687,7 +687,7 @@ fn user_namespaces_disabled_gives_the_documented_error() {
         gid = user.gid,
         kiln = kiln_bin().display(),
     );
-    let mut child = Command::new("unshare")
+    let child = Command::new("unshare")
         .args(["--user", "sh", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()
