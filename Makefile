@@ -64,6 +64,7 @@ fmt:
 bench: build
 	$(CARGO) bench -p kiln --bench frontend --locked
 	$(CARGO) bench -p kiln-oci --bench export --locked
+	$(CARGO) bench -p kiln-sandbox --bench overhead --locked
 	@if [ "$$(id -u)" = 0 ]; then scripts/bench-run.sh $(KILN) 5; \
 	else echo "(RUN benchmarks against BuildKit and buildah need root: sudo scripts/bench-run.sh)"; fi
 
