@@ -122,6 +122,33 @@ fn exported_tree(d: &Dockerd, image: &str, dir: &Path) -> BTreeMap<String, Strin
         .collect()
 }
 
+/// Exports both images from dockerd and asserts their file trees are identical; returns how
+/// many paths were compared.
+fn assert_same_tree_as_buildkit(d: &Dockerd, buildkit: &str, kiln: &str, dir: &Path) -> usize {
+    let (bk, kl) = (exported_tree(d, buildkit, dir), exported_tree(d, kiln, dir));
+    let mut diffs = Vec::new();
+    for path in bk
+        .keys()
+        .chain(kl.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if bk.get(path) != kl.get(path) {
+            diffs.push(format!(
+                "{path}: BuildKit {:?} vs kiln {:?}",
+                bk.get(path),
+                kl.get(path)
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences, first ones:\n{}",
+        diffs.len(),
+        diffs[..diffs.len().min(30)].join("\n")
+    );
+    bk.len()
+}
+
 #[test]
 fn run_steps_give_the_same_files_as_buildkit() {
     if !require_root("dockerd for the BuildKit comparison") {
@@ -171,31 +198,12 @@ fn run_steps_give_the_same_files_as_buildkit() {
         &d.load(&dir.path().join("changes.tar")),
         "docker load kiln's image",
     );
-    let (bk, kl) = (
-        exported_tree(&d, "changes:bk", dir.path()),
-        exported_tree(&d, "changes:kiln", dir.path()),
-    );
-    let mut diffs = Vec::new();
-    for path in bk
-        .keys()
-        .chain(kl.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if bk.get(path) != kl.get(path) {
-            diffs.push(format!(
-                "{path}: BuildKit {:?} vs kiln {:?}",
-                bk.get(path),
-                kl.get(path)
-            ));
-        }
-    }
-    println!("compared {} paths with BuildKit", bk.len());
+    let paths = assert_same_tree_as_buildkit(&d, "changes:bk", "changes:kiln", dir.path());
+    println!("compared {paths} paths with BuildKit");
     assert!(
-        bk.len() > 250,
-        "the busybox tree should be there ({} paths)",
-        bk.len()
+        paths > 250,
+        "the busybox tree should be there ({paths} paths)"
     );
-    assert!(diffs.is_empty(), "file trees differ:\n{}", diffs.join("\n"));
     let hist = d.docker_ok(&["history", "--format", "{{.CreatedBy}}", "changes:kiln"]);
     assert!(hist.contains("RUN rm /data/link"), "{hist}");
 }
@@ -575,35 +583,9 @@ fn debian_base_builds_the_same_files_as_buildkit() {
         &d.load(&work.path().join("deb-kiln.tar")),
         "docker load kiln's image",
     );
-    let (bk, kl) = (
-        exported_tree(&d, "deb:bk", dir.path()),
-        exported_tree(&d, "deb:kiln", dir.path()),
-    );
-    let mut diffs = Vec::new();
-    for path in bk
-        .keys()
-        .chain(kl.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if bk.get(path) != kl.get(path) {
-            diffs.push(format!(
-                "{path}: BuildKit {:?} vs kiln {:?}",
-                bk.get(path),
-                kl.get(path)
-            ));
-        }
-    }
-    println!(
-        "compared {} paths of a Debian image with BuildKit",
-        bk.len()
-    );
-    assert!(bk.len() > 5000, "{} paths", bk.len());
-    assert!(
-        diffs.is_empty(),
-        "{} differences, first ones:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(30)].join("\n")
-    );
+    let paths = assert_same_tree_as_buildkit(&d, "deb:bk", "deb:kiln", dir.path());
+    println!("compared {paths} paths of a Debian image with BuildKit");
+    assert!(paths > 5000, "{paths} paths");
 }
 
 #[test]

@@ -23,16 +23,37 @@ pub enum UserError {
     Invalid(String),
 }
 
-/// Looks `name` up in a passwd file's text: (uid, primary gid).
-fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
+/// A passwd line.
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+/// Finds `user` in passwd text: by name, or by uid when `user` is a number.
+fn lookup_user(passwd: &str, user: &str) -> Option<PasswdEntry> {
+    let numeric = user.parse::<u32>().is_ok();
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[0] == name {
-            Some((f[2].parse().ok()?, f[3].parse().ok()?))
-        } else {
-            None
+        if f.len() < 4 || !(f[0] == user || (numeric && f[2] == user)) {
+            return None;
         }
+        Some(PasswdEntry {
+            name: f[0].to_string(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+        })
     })
+}
+
+/// A group given as a number or a name in `/etc/group`.
+fn resolve_group(g: &str, group: Option<&str>) -> Result<u32, UserError> {
+    match g.parse::<u32>() {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            group_entry(group.unwrap_or(""), g).ok_or_else(|| UserError::NoGroup(g.to_string()))
+        }
+    }
 }
 
 fn group_entry(group: &str, name: &str) -> Option<u32> {
@@ -43,16 +64,6 @@ fn group_entry(group: &str, name: &str) -> Option<u32> {
         } else {
             None
         }
-    })
-}
-
-/// Primary gid of a numeric uid, if passwd lists it.
-fn primary_gid_of(passwd: &str, uid: u32) -> Option<u32> {
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid))
-            .then(|| f[3].parse().ok())
-            .flatten()
     })
 }
 
@@ -71,18 +82,16 @@ pub fn resolve_owner(
     if user.is_empty() {
         return Err(UserError::Invalid(spec.to_string()));
     }
-    let passwd = passwd.unwrap_or("");
-    let (uid, primary) = match user.parse::<u32>() {
-        Ok(n) => (n, primary_gid_of(passwd, n).unwrap_or(n)),
-        Err(_) => passwd_entry(passwd, user).ok_or_else(|| UserError::NoUser(user.to_string()))?,
+    let entry = lookup_user(passwd.unwrap_or(""), user);
+    let (uid, primary) = match (user.parse::<u32>(), entry) {
+        // A bare number keeps its passwd group when it has one, else the same number.
+        (Ok(n), e) => (n, e.map_or(n, |e| e.gid)),
+        (Err(_), Some(e)) => (e.uid, e.gid),
+        (Err(_), None) => return Err(UserError::NoUser(user.to_string())),
     };
     let gid = match grp {
         None | Some("") => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => group_entry(group.unwrap_or(""), g)
-                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
-        },
+        Some(g) => resolve_group(g, group)?,
     };
     Ok(Owner { uid, gid })
 }
@@ -174,33 +183,15 @@ pub fn resolve_run_user(
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = passwd.unwrap_or("");
-    let entry = passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        let matches =
-            f.len() >= 4 && (f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
-        matches
-            .then(|| {
-                Some((
-                    f[0].to_string(),
-                    f[2].parse::<u32>().ok()?,
-                    f[3].parse::<u32>().ok()?,
-                ))
-            })
-            .flatten()
-    });
+    let entry = lookup_user(passwd.unwrap_or(""), user);
     let (name, uid, primary) = match (user.parse::<u32>(), entry) {
-        (_, Some((n, u, g))) => (Some(n), u, g),
+        (_, Some(e)) => (Some(e.name), e.uid, e.gid),
         (Ok(u), None) => (None, u, 0),
         (Err(_), None) => return Err(UserError::NoUser(user.to_string())),
     };
     let gid = match grp {
         None | Some("") => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => group_entry(group.unwrap_or(""), g)
-                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
-        },
+        Some(g) => resolve_group(g, group)?,
     };
     let mut groups = Vec::new();
     if let (Some(name), None) = (&name, grp) {
