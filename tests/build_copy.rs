@@ -266,7 +266,10 @@ fn copy_errors_are_clear() {
             "FROM scratch\nCOPY a.txt /f\nCOPY b.txt /f/x\n",
             "/f is not a directory",
         ),
-        ("FROM scratch\nRUN --mount=type=cache,target=/c true\n", "RUN --mount is not supported yet"),
+        (
+            "FROM scratch\nRUN --mount=type=cache,target=/c true\n",
+            "RUN --mount is not supported yet",
+        ),
         (
             "FROM nosuchimage:1\n",
             "image nosuchimage:1 not found in the store",
