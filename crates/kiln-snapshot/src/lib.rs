@@ -1,10 +1,14 @@
 //! `kiln-snapshot`: the root filesystems kiln builds on.
 //!
-//! This crate owns turning image layers into directories. Today that is [`unpack`]: applying
-//! OCI layer tars (whiteouts, hard links, devices, xattrs, ownership) onto a root directory
-//! with every path resolved inside that root by the kernel (`openat2(RESOLVE_IN_ROOT)`), so a
-//! hostile layer cannot write, link or delete outside it. Snapshots by chain ID, overlay
-//! mounts and diffing an upper directory back into a layer will live here too.
+//! This crate owns turning image layers into directories and back:
+//!
+//! * [`unpack`] applies OCI layer tars (whiteouts, hard links, devices, xattrs, ownership) onto
+//!   a root directory with every path resolved inside that root by the kernel
+//!   (`openat2(RESOLVE_IN_ROOT)`), so a hostile layer cannot write, link or delete outside it;
+//! * [`snapshots`] keeps extracted layers by chain ID and prepares each build step's root: an
+//!   overlay mount ([`overlay`], `userxattr` when rootless) or, where overlay cannot work, a copy;
+//! * [`diff`] turns a step's overlay upper directory (or, in copy mode, the changed tree) back
+//!   into a layer, at a cost that follows the change.
 //!
 //! It runs no containers and prints nothing: results and failures are returned as values.
 //!
