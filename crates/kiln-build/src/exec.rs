@@ -607,16 +607,7 @@ impl Ctx<'_> {
             let mut tree = SourceTree::new(dir_node(self.now));
             let mut names = Vec::new();
             for h in &cp.heredocs {
-                let body = if h.chomp {
-                    kiln_dockerfile::parser::chomp_heredoc_content(&h.content)
-                } else {
-                    h.content.clone()
-                };
-                let body = if h.expand {
-                    scope.expand(&body).map_err(fail)?
-                } else {
-                    body
-                };
+                let body = crate::run_argv::heredoc_text(h, |t| scope.expand(t)).map_err(fail)?;
                 let node = SrcNode {
                     kind: Kind::File,
                     mode: 0o644,

@@ -50,16 +50,8 @@ pub fn step_command(
         };
     }
     let body = |h: &Heredoc| {
-        let text = if h.chomp {
-            kiln_dockerfile::parser::chomp_heredoc_content(&h.content)
-        } else {
-            h.content.clone()
-        };
-        if h.expand {
-            expand(&text)
-        } else {
-            text
-        }
+        let Ok(text) = heredoc_text(h, |t| Ok::<_, std::convert::Infallible>(expand(t)));
+        text
     };
     if let [only] = heredocs {
         let word = line.trim();
@@ -94,6 +86,24 @@ pub fn step_command(
     StepCommand {
         argv: with_shell(text),
         script: None,
+    }
+}
+
+/// A heredoc's body as the step sees it: leading tabs removed for `<<-`, variables expanded
+/// unless the delimiter was quoted.
+pub fn heredoc_text<E>(
+    h: &Heredoc,
+    expand: impl Fn(&str) -> Result<String, E>,
+) -> Result<String, E> {
+    let text = if h.chomp {
+        kiln_dockerfile::parser::chomp_heredoc_content(&h.content)
+    } else {
+        h.content.clone()
+    };
+    if h.expand {
+        expand(&text)
+    } else {
+        Ok(text)
     }
 }
 
