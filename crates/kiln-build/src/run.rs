@@ -166,7 +166,7 @@ pub fn run_step(
                     let _ = killer.kill();
                     return;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::park_timeout(std::time::Duration::from_millis(20));
             }
         })
     };
@@ -184,6 +184,8 @@ pub fn run_step(
         .wait()
         .map_err(|e| setup("waiting for the step")(e.to_string()));
     finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Wake the watcher now rather than at its next poll, so a step costs no extra wait.
+    watcher.thread().unpark();
     let _ = watcher.join();
     let status = status?;
     stubs.extend(running.created_stubs().iter().cloned());
