@@ -38,6 +38,22 @@ pub struct BuildRequest {
     pub tags: Vec<Reference>,
     /// Network of RUN steps that do not say (`--network`; the host's by default).
     pub network: kiln_dockerfile::instructions::NetworkMode,
+    /// When to fetch a `FROM` image from its registry.
+    pub pull: PullPolicy,
+    /// Registries reached over plain http besides loopback (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+}
+
+/// `--pull`: when a base image is fetched from its registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Only when the store does not have it.
+    #[default]
+    Missing,
+    /// Every build, so a moved tag is followed.
+    Always,
+    /// Never: the store must have it.
+    Never,
 }
 
 impl BuildRequest {
@@ -52,6 +68,8 @@ impl BuildRequest {
             source_date_epoch: None,
             tags: Vec::new(),
             network: kiln_dockerfile::instructions::NetworkMode::Default,
+            pull: PullPolicy::Missing,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -196,11 +214,13 @@ pub fn build(
         let base = match &plan.stages[index].base {
             Source::Scratch => ImageState::scratch(&req.options.target_platform),
             Source::Stage(i) => ctx.stages[i].clone(),
-            Source::Image(name) => image::load(store, name).map_err(|e| BuildError::Step {
-                span: stage.from_span,
-                message: e.to_string(),
-                help: e.help(),
-            })?,
+            Source::Image(name) => ensure_pulled(store, req, name)
+                .and_then(|()| image::load(store, name))
+                .map_err(|e| BuildError::Step {
+                    span: stage.from_span,
+                    message: e.to_string(),
+                    help: e.help(),
+                })?,
         };
         // BuildKit's labels: the stage name, `stage-N` when unnamed, nothing for a lone stage.
         let label = match (&stage.name, df.stages.len()) {
@@ -235,6 +255,32 @@ pub fn build(
         config,
         warnings,
     })
+}
+
+/// Fetches a base image from its registry as the pull policy says (archive transports and
+/// images already in the store need nothing).
+fn ensure_pulled(store: &Store, req: &BuildRequest, name: &str) -> Result<(), ImageError> {
+    if req.pull == PullPolicy::Never
+        || ["oci:", "oci-archive:", "docker-archive:"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    {
+        return Ok(());
+    }
+    let reference = Reference::parse(name)?;
+    if req.pull == PullPolicy::Missing && store.resolve(&reference.to_string())?.is_some() {
+        return Ok(());
+    }
+    let p = &req.options.target_platform;
+    let mut platform = kiln_registry::Platform::new(&p.os, &p.architecture);
+    if let Some(v) = &p.variant {
+        platform = platform.with_variant(v);
+    }
+    let client = kiln_registry::Client::new().with_insecure(req.insecure_registries.clone());
+    client
+        .pull(store, &reference, &platform)
+        .map_err(|e| ImageError::Unsupported(format!("pulling {}: {e}", reference.familiar())))?;
+    Ok(())
 }
 
 /// RUN features that come with later work fail before any work is done.

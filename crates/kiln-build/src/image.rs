@@ -58,8 +58,8 @@ impl ImageError {
     pub fn help(&self) -> Option<String> {
         match self {
             ImageError::NotFound(_) => Some(
-                "kiln has no registry client yet: bring the image in with `kiln load -i image.tar` \
-                 (e.g. from `docker save`), or name an archive directly: FROM oci-archive:PATH, \
+                "pull it with `kiln pull NAME` (or build with --pull=missing), bring it in with \
+                 `kiln load -i image.tar`, or name an archive directly: FROM oci-archive:PATH, \
                  docker-archive:PATH or oci:DIR[:tag]"
                     .into(),
             ),

@@ -44,6 +44,10 @@ enum Command {
     Rmi(cmd::rmi::Args),
     /// Delete store data that no image name reaches.
     Prune(cmd::prune::Args),
+    /// Fetch an image from its registry into the store.
+    Pull(cmd::pull::Args),
+    /// Upload an image to a registry.
+    Push(cmd::push::Args),
     /// Write images to a tarball for docker load, podman load or skopeo.
     Save(cmd::save::Args),
     /// Load images from a docker or OCI tarball.
@@ -77,6 +81,8 @@ fn main() -> ExitCode {
         Command::Tag(args) => cmd::tag::run(args, root),
         Command::Rmi(args) => cmd::rmi::run(args, root),
         Command::Prune(args) => cmd::prune::run(args, root),
+        Command::Pull(args) => cmd::pull::run(args, root),
+        Command::Push(args) => cmd::push::run(args, root),
         Command::Save(args) => cmd::save::run(args, root),
         Command::Load(args) => cmd::load::run(args, root),
         Command::Import(args) => cmd::import::run(args, root),

@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "host", "none"])]
     pub network: String,
 
+    /// When to fetch FROM images from their registry: missing (not in the store), always, never.
+    #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+
+    /// A registry to reach over plain http (loopback registries always are); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+
     /// Print only the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -161,6 +169,12 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         labels: parse_labels(&args.labels)?,
         source_date_epoch: source_date_epoch()?,
         tags: tags.clone(),
+        pull: match args.pull.as_str() {
+            "always" => kiln_build::PullPolicy::Always,
+            "never" => kiln_build::PullPolicy::Never,
+            _ => kiln_build::PullPolicy::Missing,
+        },
+        insecure_registries: args.insecure_registries.clone(),
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,

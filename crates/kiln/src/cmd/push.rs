@@ -1,0 +1,47 @@
+//! `kiln push`: upload an image to a registry.
+
+use crate::images;
+use anyhow::{Context, Result};
+use kiln_oci::reference::Reference;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options of `kiln push`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image in the store, by name or ID.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Where to push (default: the image's own name), e.g. localhost:5000/app:1.
+    #[arg(value_name = "DEST")]
+    pub dest: Option<String>,
+    /// A registry to reach over plain http (loopback registries always are); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Print only the manifest digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
+    let store = crate::store::open(root)?;
+    let _lock = store.lock_shared()?;
+    let img = images::find(&store, &args.image)?;
+    let dest = Reference::parse(args.dest.as_deref().unwrap_or(&args.image))?;
+    let client = kiln_registry::Client::new().with_insecure(args.insecure_registries.clone());
+    let report = client
+        .push(&store, &img.manifest_digest, &dest)
+        .with_context(|| format!("pushing {}", dest.familiar()))?;
+    if args.quiet {
+        println!("{}", report.digest);
+    } else {
+        println!(
+            "{}: pushed ({} blobs uploaded, {})\nDigest: {}",
+            dest.familiar(),
+            report.blobs_uploaded,
+            images::human_size(report.bytes_uploaded),
+            report.digest
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
