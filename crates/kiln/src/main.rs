@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile and a context directory.
-    Build(cmd::build::Args),
+    Build(Box<cmd::build::Args>),
     /// Print a Dockerfile's syntax tree (BuildKit's dump format) or its typed stages (--json).
     Parse(cmd::parse::Args),
     /// List the images in the store.
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cli.root.as_ref();
     let result = match cli.command {
-        Command::Build(args) => cmd::build::run(args, root),
+        Command::Build(args) => cmd::build::run(*args, root),
         Command::Info(args) => cmd::info::run(args, root),
         Command::Images(args) => cmd::images::run(args, root),
         Command::Inspect(args) => cmd::inspect::run(args, root),
