@@ -276,7 +276,7 @@ fn copy_errors_are_clear() {
         ),
     ] {
         dir.write("ctx/Dockerfile", df);
-        let (ok, _, err) = build(&dir, "bad:1", &[]);
+        let (ok, _, err) = build(&dir, "bad:1", &["--pull", "never"]);
         assert!(!ok, "{df} should fail");
         assert!(err.contains(want), "{df}: expected {want:?} in\n{err}");
         assert!(
