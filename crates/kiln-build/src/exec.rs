@@ -42,6 +42,8 @@ pub struct BuildRequest {
     pub pull: PullPolicy,
     /// Registries reached over plain http besides loopback (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// Logins for the registries `FROM` images come from.
+    pub credentials: Vec<(String, kiln_registry::Credentials)>,
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -70,6 +72,7 @@ impl BuildRequest {
             network: kiln_dockerfile::instructions::NetworkMode::Default,
             pull: PullPolicy::Missing,
             insecure_registries: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -276,7 +279,10 @@ fn ensure_pulled(store: &Store, req: &BuildRequest, name: &str) -> Result<(), Im
     if let Some(v) = &p.variant {
         platform = platform.with_variant(v);
     }
-    let client = kiln_registry::Client::new().with_insecure(req.insecure_registries.clone());
+    let mut client = kiln_registry::Client::new().with_insecure(req.insecure_registries.clone());
+    for (domain, c) in &req.credentials {
+        client = client.with_credentials(domain, c.clone());
+    }
     client
         .pull(store, &reference, &platform)
         .map_err(|e| ImageError::Unsupported(format!("pulling {}: {e}", reference.familiar())))?;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod auth;
 mod cmd;
 mod diag;
 mod images;
@@ -48,6 +49,10 @@ enum Command {
     Pull(cmd::pull::Args),
     /// Upload an image to a registry.
     Push(cmd::push::Args),
+    /// Log in to a registry (stored in docker's config.json).
+    Login(cmd::login::LoginArgs),
+    /// Log out of a registry.
+    Logout(cmd::login::LogoutArgs),
     /// Write images to a tarball for docker load, podman load or skopeo.
     Save(cmd::save::Args),
     /// Load images from a docker or OCI tarball.
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
         Command::Prune(args) => cmd::prune::run(args, root),
         Command::Pull(args) => cmd::pull::run(args, root),
         Command::Push(args) => cmd::push::run(args, root),
+        Command::Login(args) => cmd::login::login(args, root),
+        Command::Logout(args) => cmd::login::logout(args, root),
         Command::Save(args) => cmd::save::run(args, root),
         Command::Load(args) => cmd::load::run(args, root),
         Command::Import(args) => cmd::import::run(args, root),

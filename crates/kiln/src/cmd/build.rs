@@ -139,6 +139,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     }
     let src = input::read_dockerfile(args.dockerfile.file.as_deref(), &args.context)?;
     let options = input::build_options(&args.dockerfile)?;
+    let credentials = base_logins(&src.bytes, &options)?;
     if needs_run(&src.bytes, &options) {
         enter_build_namespace(args.quiet)?;
     }
@@ -175,6 +176,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
             _ => kiln_build::PullPolicy::Missing,
         },
         insecure_registries: args.insecure_registries.clone(),
+        credentials,
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
@@ -207,6 +209,38 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         eprintln!("built in {:.1}s", started.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stored logins for the registries the Dockerfile's base images come from.
+fn base_logins(
+    dockerfile: &[u8],
+    options: &kiln_dockerfile::stages::BuildOptions,
+) -> Result<Vec<(String, kiln_registry::Credentials)>> {
+    let Ok(df) = kiln_dockerfile::stages::Dockerfile::parse(dockerfile) else {
+        return Ok(Vec::new());
+    };
+    let Ok(plan) = df.plan(options) else {
+        return Ok(Vec::new());
+    };
+    let mut domains: Vec<String> = plan
+        .stages
+        .iter()
+        .filter_map(|s| match &s.base {
+            kiln_dockerfile::stages::Source::Image(name) => {
+                Reference::parse(name).ok().map(|r| r.domain)
+            }
+            _ => None,
+        })
+        .collect();
+    domains.sort();
+    domains.dedup();
+    let mut out = Vec::new();
+    for d in domains {
+        if let Some(c) = crate::auth::lookup(&d)? {
+            out.push((d, c));
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a stage the target needs has a RUN step (parse errors are reported by the build).

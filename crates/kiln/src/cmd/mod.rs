@@ -8,6 +8,7 @@ pub mod import;
 pub mod info;
 pub mod inspect;
 pub mod load;
+pub mod login;
 pub mod parse;
 pub mod prune;
 pub mod pull;

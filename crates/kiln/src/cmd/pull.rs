@@ -35,7 +35,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     }
     let store = crate::store::open(root)?;
     let _lock = store.lock_shared()?;
-    let client = kiln_registry::Client::new().with_insecure(args.insecure_registries.clone());
+    let client = crate::auth::client_for(&args.insecure_registries, &[&reference.domain])?;
     let report = client
         .pull(&store, &reference, &platform)
         .with_context(|| format!("pulling {}", reference.familiar()))?;

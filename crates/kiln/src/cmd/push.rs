@@ -28,7 +28,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     let _lock = store.lock_shared()?;
     let img = images::find(&store, &args.image)?;
     let dest = Reference::parse(args.dest.as_deref().unwrap_or(&args.image))?;
-    let client = kiln_registry::Client::new().with_insecure(args.insecure_registries.clone());
+    let client = crate::auth::client_for(&args.insecure_registries, &[&dest.domain])?;
     let report = client
         .push(&store, &img.manifest_digest, &dest)
         .with_context(|| format!("pushing {}", dest.familiar()))?;
