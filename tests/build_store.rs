@@ -13,6 +13,13 @@ fn kiln_at(root: &Path, cwd: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// Runs kiln on the store at `root` from `cwd`; fails the test unless it succeeds. Returns stdout.
+fn kiln_ok(root: &Path, cwd: &Path, args: &[&str]) -> String {
+    let (out, stdout, stderr) = run(&mut kiln_at(root, cwd, args));
+    assert!(out.status.success(), "kiln {args:?}: {stderr}");
+    stdout
+}
+
 fn write_context(dir: &Path, stamp: &str) {
     std::fs::create_dir_all(dir.join("src/deep")).unwrap();
     std::fs::write(
@@ -85,11 +92,7 @@ fn image_commands_work_like_dockers() {
     let ctx = dir.path().join("ctx");
     write_context(&ctx, "2024-01-01 10:00");
     let root = dir.path().join("store");
-    let k = |args: &[&str]| {
-        let (out, stdout, stderr) = run(&mut kiln_at(&root, dir.path(), args));
-        assert!(out.status.success(), "kiln {args:?}: {stderr}");
-        stdout
-    };
+    let k = |args: &[&str]| kiln_ok(&root, dir.path(), args);
     k(&[
         "build",
         "-t",
@@ -283,11 +286,7 @@ fn from_archives_and_layout_directories() {
     let ctx = dir.path().join("ctx");
     write_context(&ctx, "2024-01-01 10:00");
     let root = dir.path().join("store-a");
-    let k = |root: &Path, args: &[&str]| {
-        let (out, stdout, stderr) = run(&mut kiln_at(root, dir.path(), args));
-        assert!(out.status.success(), "kiln {args:?}: {stderr}");
-        stdout
-    };
+    let k = |root: &Path, args: &[&str]| kiln_ok(root, dir.path(), args);
     k(
         &root,
         &[
@@ -337,11 +336,7 @@ fn save_load_and_import_round_trip() {
     let ctx = dir.path().join("ctx");
     write_context(&ctx, "2024-01-01 10:00");
     let (a, b) = (dir.path().join("store-a"), dir.path().join("store-b"));
-    let k = |root: &Path, args: &[&str]| {
-        let (out, stdout, stderr) = run(&mut kiln_at(root, dir.path(), args));
-        assert!(out.status.success(), "kiln {args:?}: {stderr}");
-        stdout
-    };
+    let k = |root: &Path, args: &[&str]| kiln_ok(root, dir.path(), args);
     let id = k(&a, &["build", "-q", "-t", "app:1", "ctx"])
         .trim()
         .to_string();
