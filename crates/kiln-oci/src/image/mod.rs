@@ -203,6 +203,16 @@ impl ManifestFormat {
     }
 }
 
+/// Annotations as oci-spec's builders take them; `None` when there are none (the field is then
+/// left out of the JSON).
+fn annotation_map(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Option<HashMap<String, String>> {
+    annotations
+        .filter(|a| !a.is_empty())
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
 /// Builds a schema-2 manifest over `config` and `layers`, with layer media types translated to
 /// `format`.
 pub fn build_manifest(
@@ -223,12 +233,8 @@ pub fn build_manifest(
         .media_type(MediaType::from(format.manifest_media_type()))
         .config(config)
         .layers(mapped);
-    if let Some(a) = annotations.filter(|a| !a.is_empty()) {
-        builder = builder.annotations(
-            a.iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
-        );
+    if let Some(a) = annotation_map(annotations) {
+        builder = builder.annotations(a);
     }
     builder.build().map_err(|source| ImageError::Build {
         what: "manifest",
@@ -313,12 +319,8 @@ pub fn build_index(
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
         .manifests(manifests);
-    if let Some(a) = annotations.filter(|a| !a.is_empty()) {
-        builder = builder.annotations(
-            a.iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
-        );
+    if let Some(a) = annotation_map(annotations) {
+        builder = builder.annotations(a);
     }
     builder.build().map_err(|source| ImageError::Build {
         what: "image index",
