@@ -275,17 +275,7 @@ mod tests {
     #[test]
     fn destination_under_an_image_symlink_resolves_inside_the_image() {
         let mut fs = Rootfs::new();
-        let link = rootfs::Node {
-            kind: Kind::Symlink("/usr/local".into()),
-            mode: 0o777,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: (0, 0),
-            xattrs: BTreeMap::new(),
-            origin: rootfs::Origin::New,
-            layer: 0,
-        };
+        let link = rootfs::Node::new(Kind::Symlink("/usr/local".into()), 0o777);
         fs.apply(0, "usr/local/", rootfs::Node::new_dir(0o755, 0, 0, (0, 0)));
         fs.apply(0, "opt", link);
         let plan = plan_archive(vec![e("f", Kind::File)], &fs, "/opt", (0, 0)).unwrap();

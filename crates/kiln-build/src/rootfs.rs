@@ -70,18 +70,28 @@ pub struct Node {
 }
 
 impl Node {
-    /// A directory owned by `uid:gid` with mode `mode`, created by this build.
-    pub fn new_dir(mode: u32, uid: u32, gid: u32, mtime: (i64, u32)) -> Node {
+    /// A root-owned, empty entry of `kind` with mode `mode`, created by this build.
+    pub fn new(kind: Kind, mode: u32) -> Node {
         Node {
-            kind: Kind::Dir,
+            kind,
             mode,
-            uid,
-            gid,
+            uid: 0,
+            gid: 0,
             size: 0,
-            mtime,
+            mtime: (0, 0),
             xattrs: BTreeMap::new(),
             origin: Origin::New,
             layer: usize::MAX,
+        }
+    }
+
+    /// A directory owned by `uid:gid` with mode `mode`, created by this build.
+    pub fn new_dir(mode: u32, uid: u32, gid: u32, mtime: (i64, u32)) -> Node {
+        Node {
+            uid,
+            gid,
+            mtime,
+            ..Node::new(Kind::Dir, mode)
         }
     }
 }
@@ -344,25 +354,16 @@ mod tests {
 
     fn file(layer: usize) -> Node {
         Node {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
             size: 1,
-            mtime: (0, 0),
-            xattrs: BTreeMap::new(),
-            origin: Origin::New,
             layer,
+            ..Node::new(Kind::File, 0o644)
         }
     }
     fn dir() -> Node {
         Node::new_dir(0o755, 0, 0, (0, 0))
     }
     fn link(t: &str) -> Node {
-        Node {
-            kind: Kind::Symlink(t.into()),
-            ..file(0)
-        }
+        Node::new(Kind::Symlink(t.into()), 0o777)
     }
 
     fn debianish() -> Rootfs {

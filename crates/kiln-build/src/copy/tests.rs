@@ -1,5 +1,5 @@
 use super::*;
-use crate::rootfs::{Node, Origin};
+use crate::rootfs::Node;
 
 fn f(mode: u32) -> SrcNode {
     SrcNode {
@@ -56,28 +56,11 @@ fn debian() -> Rootfs {
     fs.apply(0, "etc/", dir.clone());
     fs.apply(0, "app/", dir);
     let file = Node {
-        kind: Kind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
         size: 1,
-        mtime: (0, 0),
-        xattrs: BTreeMap::new(),
-        origin: Origin::New,
-        layer: 0,
+        ..Node::new(Kind::File, 0o644)
     };
     fs.apply(0, "etc/passwd", file);
-    let link = Node {
-        kind: Kind::Symlink("usr/bin".into()),
-        mode: 0o777,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: (0, 0),
-        xattrs: BTreeMap::new(),
-        origin: Origin::New,
-        layer: 0,
-    };
+    let link = Node::new(Kind::Symlink("usr/bin".into()), 0o777);
     fs.apply(0, "bin", link);
     fs
 }
@@ -257,17 +240,7 @@ fn destination_under_symlinked_dir_stays_in_the_image() {
         ["usr/bin/tool"]
     );
     let mut hostile = debian();
-    let link = Node {
-        kind: Kind::Symlink("/".into()),
-        mode: 0o777,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: (0, 0),
-        xattrs: BTreeMap::new(),
-        origin: Origin::New,
-        layer: 0,
-    };
+    let link = Node::new(Kind::Symlink("/".into()), 0o777);
     hostile.apply(0, "escape", link);
     assert_eq!(
         paths(&plan_copy(&ctx(), &hostile, &req(&src, "/escape/etc/x")).unwrap()),
