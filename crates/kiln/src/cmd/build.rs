@@ -139,10 +139,12 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     }
     let src = input::read_dockerfile(args.dockerfile.file.as_deref(), &args.context)?;
     let options = input::build_options(&args.dockerfile)?;
-    let credentials = base_logins(&src.bytes, &options)?;
-    if needs_run(&src.bytes, &options) {
+    let preview = Preview::of(&src.bytes, &options);
+    if preview.needs_run {
+        // Re-executes kiln when unprivileged: do nothing with side effects before this.
         enter_build_namespace(args.quiet)?;
     }
+    let credentials = logins(&preview.base_registries)?;
     let tags = args
         .tags
         .iter()
@@ -211,53 +213,57 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Stored logins for the registries the Dockerfile's base images come from.
-fn base_logins(
-    dockerfile: &[u8],
-    options: &kiln_dockerfile::stages::BuildOptions,
-) -> Result<Vec<(String, kiln_registry::Credentials)>> {
-    let Ok(df) = kiln_dockerfile::stages::Dockerfile::parse(dockerfile) else {
-        return Ok(Vec::new());
-    };
-    let Ok(plan) = df.plan(options) else {
-        return Ok(Vec::new());
-    };
-    let mut domains: Vec<String> = plan
-        .stages
-        .iter()
-        .filter_map(|s| match &s.base {
-            kiln_dockerfile::stages::Source::Image(name) => {
-                Reference::parse(name).ok().map(|r| r.domain)
-            }
-            _ => None,
-        })
-        .collect();
-    domains.sort();
-    domains.dedup();
+/// What the CLI needs to know before the build: whether a needed stage runs commands, and
+/// which registries its base images come from. One parse; errors are left for the build to
+/// report with their locations.
+#[derive(Default)]
+struct Preview {
+    needs_run: bool,
+    base_registries: Vec<String>,
+}
+
+impl Preview {
+    fn of(dockerfile: &[u8], options: &kiln_dockerfile::stages::BuildOptions) -> Preview {
+        use kiln_dockerfile::instructions::Command;
+        use kiln_dockerfile::stages::{Dockerfile, Source};
+        let Ok(df) = Dockerfile::parse(dockerfile) else {
+            return Preview::default();
+        };
+        let Ok(plan) = df.plan(options) else {
+            return Preview::default();
+        };
+        let needs_run = plan.order.iter().any(|&i| {
+            df.stages[i]
+                .instructions
+                .iter()
+                .any(|ins| matches!(ins.command, Command::Run(_)))
+        });
+        let mut base_registries: Vec<String> = plan
+            .stages
+            .iter()
+            .filter_map(|s| match &s.base {
+                Source::Image(name) => Reference::parse(name).ok().map(|r| r.domain),
+                _ => None,
+            })
+            .collect();
+        base_registries.sort();
+        base_registries.dedup();
+        Preview {
+            needs_run,
+            base_registries,
+        }
+    }
+}
+
+/// Stored logins for `registries`.
+fn logins(registries: &[String]) -> Result<Vec<(String, kiln_registry::Credentials)>> {
     let mut out = Vec::new();
-    for d in domains {
-        if let Some(c) = crate::auth::lookup(&d)? {
-            out.push((d, c));
+    for d in registries {
+        if let Some(c) = crate::auth::lookup(d)? {
+            out.push((d.clone(), c));
         }
     }
     Ok(out)
-}
-
-/// Whether a stage the target needs has a RUN step (parse errors are reported by the build).
-fn needs_run(dockerfile: &[u8], options: &kiln_dockerfile::stages::BuildOptions) -> bool {
-    use kiln_dockerfile::instructions::Command;
-    let Ok(df) = kiln_dockerfile::stages::Dockerfile::parse(dockerfile) else {
-        return false;
-    };
-    let Ok(plan) = df.plan(options) else {
-        return false;
-    };
-    plan.order.iter().any(|&i| {
-        df.stages[i]
-            .instructions
-            .iter()
-            .any(|ins| matches!(ins.command, Command::Run(_)))
-    })
 }
 
 /// RUN steps need a root that can own files as any user: unprivileged, kiln re-executes itself
