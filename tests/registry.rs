@@ -30,12 +30,14 @@ fn push_then_pull_with_docker_skopeo_and_a_build() {
         "FROM scratch\nADD busybox.tar.xz /\nCMD [\"sh\"]\n",
     );
     std::fs::copy(rootfs, dir.path().join("genesis/busybox.tar.xz")).unwrap();
-    let (ok, _, err) = kiln(
+    let (ok, id, err) = kiln(
         dir.path(),
         "a",
         &["build", "-q", "-t", "genesis", "genesis"],
     );
     assert!(ok, "{err}");
+    let id = id.trim().to_string();
+    let id = id.as_str();
     let dest = reg.image("team/genesis:1");
     let (ok, digest, err) = kiln(dir.path(), "a", &["push", "-q", "genesis", &dest]);
     assert!(ok, "{err}");
@@ -59,10 +61,16 @@ fn push_then_pull_with_docker_skopeo_and_a_build() {
         util::images::tree(&dir.path().join("b"), "child")["p"].content,
         b"pulled\n"
     );
-    // A second pull transfers nothing; --pull=never with an unknown image is a clear error.
+    // A second pull transfers nothing, by kiln's count and by the registry's access log;
+    // --pull=never with an unknown image is a clear error.
+    let blob_gets = || reg.requests("GET", "/v2/team/genesis/blobs/");
+    let before = blob_gets();
+    assert!(before >= 2, "the first pull fetched config and layer");
     let (ok, out, err) = kiln(dir.path(), "b", &["pull", &dest]);
     assert!(ok, "{err}");
     assert!(out.contains("(0 new blobs"), "{out}");
+    assert_eq!(blob_gets(), before, "no blob fetched again");
+    assert!(reg.requests("GET", "/v2/team/genesis/manifests/1") >= 2);
     dir.write(
         "never/Dockerfile",
         format!("FROM {}\n", reg.image("missing:1")),
@@ -75,11 +83,287 @@ fn push_then_pull_with_docker_skopeo_and_a_build() {
     let (ok, _, err) = kiln(dir.path(), "b", &["pull", &reg.image("missing:1")]);
     assert!(!ok && err.contains("missing"), "{err}");
 
-    // docker pulls what kiln pushed (loopback registries are plain http for docker too) and runs it.
+    // The manifest kiln pushed: OCI media types, gzip layers (kiln stores its layers
+    // uncompressed), and the config blob — the image ID — unchanged.
+    let raw = |image: &str| -> serde_json::Value {
+        let out = util::tools::skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ]);
+        serde_json::from_str(&assert_success(&out, "skopeo inspect --raw")).unwrap()
+    };
+    let oci = raw(&dest);
+    assert_eq!(
+        oci["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        oci["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(oci["config"]["digest"], id);
+
+    // --format docker: schema 2 media types, same config and layer blobs (nothing uploaded).
+    let docker_dest = reg.image("team/genesis:docker");
+    let (ok, out, err) = kiln(
+        dir.path(),
+        "a",
+        &["push", "--format", "docker", "genesis", &docker_dest],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("0 blobs uploaded"), "{out}");
+    let v2 = raw(&docker_dest);
+    assert_eq!(
+        v2["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        v2["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    assert_eq!(
+        v2["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    assert_eq!(v2["config"]["digest"], id);
+    assert_eq!(v2["layers"][0]["digest"], oci["layers"][0]["digest"]);
+    // Docker media types cannot carry zstd: refused before anything is sent.
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "a",
+        &[
+            "push",
+            "--format",
+            "docker",
+            "--compression",
+            "zstd",
+            "genesis",
+            &reg.image("team/zstd:1"),
+        ],
+    );
+    assert!(!ok && err.contains("zstd"), "{err}");
+    assert_eq!(reg.requests("POST", "/v2/team/zstd/"), 0);
+
+    // kiln build --push, and --output type=registry with Docker media types.
+    let built = reg.image("team/built:1");
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "a",
+        &["build", "-t", &built, "--push", "genesis"],
+    );
+    assert!(ok, "{err}");
+    let printed = err
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("no digest printed:\n{err}"));
+    let out = util::tools::skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{built}"),
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&assert_success(&out, "skopeo inspect built")).unwrap();
+    assert_eq!(v["Digest"], printed);
+    let built2 = reg.image("team/built:2");
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "a",
+        &[
+            "build",
+            "--output",
+            &format!("type=registry,name={built2},oci-mediatypes=false"),
+            "genesis",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        raw(&built2)["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let (ok, _, err) = kiln(dir.path(), "a", &["build", "--push", "genesis"]);
+    assert!(!ok && err.contains("-t"), "--push without a name: {err}");
+
+    // docker pulls what kiln pushed (loopback registries are plain http for docker too) and
+    // runs it, in both formats.
     let Some(d) = Dockerd::start() else { return };
-    assert_success(&d.docker(&["pull", &dest]), "docker pull");
-    let out = assert_success(&d.run(&dest, &["sh", "-c", "echo ok"]), "docker run");
-    assert_eq!(out.trim(), "ok");
+    for image in [&dest, &docker_dest] {
+        assert_success(&d.docker(&["pull", image]), "docker pull");
+        let out = assert_success(&d.run(image, &["sh", "-c", "echo ok"]), "docker run");
+        assert_eq!(out.trim(), "ok");
+        let out = d.docker(&["image", "inspect", "--format", "{{.Id}}", image]);
+        assert_eq!(assert_success(&out, "docker image inspect").trim(), id);
+    }
+}
+
+/// A fake `docker-credential-kilntest` that keeps one login in a file and logs its calls.
+fn credential_helper(bin: &Path, state: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(bin).unwrap();
+    let log = state.join("helper.log");
+    let store = state.join("helper.json");
+    let script = format!(
+        "#!/bin/sh\n\
+         input=$(cat)\n\
+         echo \"$1 $input\" >> '{log}'\n\
+         case \"$1\" in\n\
+         get) if [ -f '{store}' ]; then cat '{store}'; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         store) printf '%s' \"$input\" > '{store}' ;;\n\
+         erase) rm -f '{store}' ;;\n\
+         *) exit 2 ;;\n\
+         esac\n",
+        log = log.display(),
+        store = store.display()
+    );
+    let path = bin.join("docker-credential-kilntest");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    log
+}
+
+#[test]
+fn credential_helpers_and_registry_auth_file() {
+    let Some(reg) = Registry::with_auth("bob", "hunter2") else {
+        return;
+    };
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    let dir = TestDir::new("registry-helpers");
+    dir.write("genesis/Dockerfile", "FROM scratch\nADD busybox.tar.xz /\n");
+    std::fs::copy(rootfs, dir.path().join("genesis/busybox.tar.xz")).unwrap();
+    let bin = dir.path().join("bin");
+    let log = credential_helper(&bin, dir.path());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let k = |env: &[(&str, &Path)], args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(kiln_bin());
+        cmd.current_dir(dir.path())
+            .env("PATH", &path)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("DOCKER_CONFIG", dir.path().join("unused-docker-config"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--root").arg(dir.path().join("store")).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = k(&[], &["build", "-q", "-t", "genesis", "genesis"], "");
+    assert!(ok, "{err}");
+    let dest = reg.image("helped:1");
+    let helper_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    for (key, value) in [
+        ("credHelpers", serde_json::json!({ reg.addr(): "kilntest" })),
+        ("credsStore", serde_json::json!("kilntest")),
+    ] {
+        let cfg_dir = dir.path().join(format!("docker-{key}"));
+        std::fs::create_dir_all(&cfg_dir).unwrap();
+        let cfg = cfg_dir.join("config.json");
+        std::fs::write(&cfg, serde_json::json!({ key: value }).to_string()).unwrap();
+        let env = [("DOCKER_CONFIG", cfg_dir.as_path())];
+        std::fs::remove_file(&log).ok();
+
+        // The helper has nothing yet: refused with the login hint, after asking it.
+        let (ok, _, err) = k(&env, &["push", "genesis", &dest], "");
+        assert!(!ok && err.contains("kiln login"), "{key}: {err}");
+        assert!(
+            helper_log().contains(&format!("get {}", reg.addr())),
+            "{key}: {}",
+            helper_log()
+        );
+        // Login stores through the helper; the file keeps no secret.
+        let (ok, _, err) = k(
+            &env,
+            &["login", &reg.addr(), "-u", "bob", "--password-stdin"],
+            "hunter2\n",
+        );
+        assert!(ok, "{key}: {err}");
+        assert!(helper_log().contains("store {"), "{key}: {}", helper_log());
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(
+            !text.contains("auth\""),
+            "{key}: no secret in the file: {text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["auths"][reg.addr()].is_object(), "{key}: {text}");
+        assert!(
+            v.get(key).is_some(),
+            "{key}: the helper setting is kept: {text}"
+        );
+        // Push and pull use it.
+        let (ok, _, err) = k(&env, &["push", "genesis", &dest], "");
+        assert!(ok, "{key}: {err}");
+        let (ok, _, err) = k(&env, &["pull", &dest], "");
+        assert!(ok, "{key}: {err}");
+        // Logout erases it there.
+        let (ok, _, err) = k(&env, &["logout", &reg.addr()], "");
+        assert!(ok, "{key}: {err}");
+        assert!(
+            helper_log().contains(&format!("erase {}", reg.addr())),
+            "{key}: {}",
+            helper_log()
+        );
+        let (ok, _, err) = k(&env, &["push", "genesis", &dest], "");
+        assert!(!ok && err.contains("kiln login"), "{key}: {err}");
+    }
+
+    // $REGISTRY_AUTH_FILE (podman's variable) wins over DOCKER_CONFIG for reading and writing.
+    let auth_file = dir.path().join("containers/auth.json");
+    let docker_dir = reg.write_docker_config(&dir.path().join("docker-plain"));
+    let docker_dir = docker_dir.parent().unwrap();
+    let env = [
+        ("REGISTRY_AUTH_FILE", auth_file.as_path()),
+        ("DOCKER_CONFIG", docker_dir),
+    ];
+    let (ok, _, err) = k(&env, &["push", "genesis", &dest], "");
+    assert!(
+        !ok && err.contains("kiln login"),
+        "DOCKER_CONFIG's login is not used while REGISTRY_AUTH_FILE is set: {err}"
+    );
+    let (ok, _, err) = k(
+        &env,
+        &["login", &reg.addr(), "-u", "bob", "--password-stdin"],
+        "hunter2\n",
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
+    assert!(v["auths"][reg.addr()]["auth"].is_string(), "{v}");
+    let (ok, _, err) = k(&env, &["push", "genesis", &dest], "");
+    assert!(ok, "{err}");
+    // podman reads the same file.
+    if util::tools::require_tool("podman") {
+        let out = std::process::Command::new("podman")
+            .args(["login", "--get-login", "--authfile"])
+            .arg(&auth_file)
+            .arg(reg.addr())
+            .output()
+            .unwrap();
+        assert_eq!(
+            assert_success(&out, "podman login --get-login").trim(),
+            "bob"
+        );
+    }
 }
 
 #[test]

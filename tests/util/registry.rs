@@ -115,6 +115,14 @@ impl Registry {
         self.root.join("data")
     }
 
+    /// Requests in the access log whose request line starts `METHOD PREFIX` (e.g. "GET",
+    /// "/v2/team/app/blobs/"): the registry's own count of what clients asked for.
+    pub fn requests(&self, method: &str, prefix: &str) -> usize {
+        let log = std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default();
+        let needle = format!("\"{method} {prefix}");
+        log.lines().filter(|l| l.contains(&needle)).count()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.root.join("registry.log"), lines)
     }
@@ -193,7 +201,7 @@ fn stop_child(child: &mut Child) {
 fn write_config(root: &TempRoot, port: u16, auth: bool) {
     let mut cfg = format!(
         "version: 0.1\n\
-         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-not-secret\n",
         data = root.join("data").display()

@@ -67,11 +67,8 @@ fn write_config(v: &Value) -> Result<()> {
 /// The stored credentials for `domain`, if any.
 pub fn lookup(domain: &str) -> Result<Option<Credentials>> {
     let config = read_config()?;
-    let helper = config["credHelpers"][domain]
-        .as_str()
-        .or_else(|| config["credsStore"].as_str());
-    if let Some(h) = helper {
-        return from_helper(h, domain);
+    if let Some(h) = helper_for(&config, domain) {
+        return from_helper(&h, domain);
     }
     let Some(auth) = config["auths"][key_for(domain)]["auth"].as_str() else {
         return Ok(None);
@@ -94,53 +91,93 @@ pub fn lookup(domain: &str) -> Result<Option<Credentials>> {
     Ok(Some(Credentials::new(user, pass)))
 }
 
-/// Asks `docker-credential-HELPER get` for a registry's login.
-fn from_helper(helper: &str, domain: &str) -> Result<Option<Credentials>> {
+/// The credential helper that keeps `domain`'s login, if the config names one.
+fn helper_for(config: &Value, domain: &str) -> Option<String> {
+    config["credHelpers"][domain]
+        .as_str()
+        .or_else(|| config["credsStore"].as_str())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+}
+
+/// Runs `docker-credential-HELPER ACTION` with `input` on its standard input (the protocol
+/// docker uses: `get`/`erase` take the server URL, `store` a JSON object).
+fn call_helper(helper: &str, action: &str, input: &[u8]) -> Result<std::process::Output> {
     use std::io::Write;
     let program = format!("docker-credential-{helper}");
     let mut child = std::process::Command::new(&program)
-        .arg("get")
+        .arg(action)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {program} (named in {})", config_path().display()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(key_for(domain).as_bytes())?;
-    let out = child.wait_with_output()?;
+        .with_context(|| {
+            format!(
+                "running {program} (named in {}); is it installed and on PATH?",
+                config_path().display()
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Asks `docker-credential-HELPER get` for a registry's login.
+fn from_helper(helper: &str, domain: &str) -> Result<Option<Credentials>> {
+    let out = call_helper(helper, "get", key_for(domain).as_bytes())?;
     if !out.status.success() {
+        // "credentials not found in native keychain": no login, not an error.
         return Ok(None);
     }
     let v: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{program} printed invalid JSON"))?;
+        .with_context(|| format!("docker-credential-{helper} printed invalid JSON"))?;
     match (v["Username"].as_str(), v["Secret"].as_str()) {
         (Some(u), Some(s)) => Ok(Some(Credentials::new(u, s))),
         _ => Ok(None),
     }
 }
 
-/// Saves a login for `domain`, keeping everything else in the file.
+/// Saves a login for `domain`, keeping everything else in the file. When the config names a
+/// credential helper for it, the helper keeps the secret and the file only an empty entry,
+/// as docker does.
 pub fn store(domain: &str, user: &str, password: &str) -> Result<()> {
     let mut config = read_config()?;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     if !config["auths"].is_object() {
         config["auths"] = json!({});
     }
-    config["auths"][key_for(domain)] = json!({ "auth": auth });
+    if let Some(helper) = helper_for(&config, domain) {
+        let input = json!({ "ServerURL": key_for(domain), "Username": user, "Secret": password });
+        let out = call_helper(&helper, "store", input.to_string().as_bytes())?;
+        if !out.status.success() {
+            bail!(
+                "docker-credential-{helper} could not store the login: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        config["auths"][key_for(domain)] = json!({});
+    } else {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        config["auths"][key_for(domain)] = json!({ "auth": auth });
+    }
     write_config(&config)
 }
 
-/// Removes the login for `domain`; false when there was none.
+/// Removes the login for `domain` (from its credential helper too); false when there was none.
 pub fn remove(domain: &str) -> Result<bool> {
     let mut config = read_config()?;
-    let removed = config["auths"]
+    let mut removed = false;
+    if let Some(helper) = helper_for(&config, domain) {
+        removed = call_helper(&helper, "erase", key_for(domain).as_bytes())?
+            .status
+            .success();
+    }
+    if config["auths"]
         .as_object_mut()
         .and_then(|a| a.remove(&key_for(domain)))
-        .is_some();
-    if removed {
+        .is_some()
+    {
+        removed = true;
         write_config(&config)?;
     }
     Ok(removed)

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use kiln_build::reference::Reference;
 use kiln_build::Built;
 use kiln_oci::archive::{self, ExportImage};
+use kiln_oci::image::ManifestFormat;
 use kiln_oci::store::Store;
 use kiln_oci::Compression;
 use std::fmt;
@@ -21,6 +22,8 @@ pub enum OutputKind {
     OciDir,
     /// The final root filesystem as a directory.
     Local,
+    /// A push to a registry.
+    Registry,
 }
 
 /// One `--output`.
@@ -28,23 +31,54 @@ pub enum OutputKind {
 pub struct OutputSpec {
     /// The kind.
     pub kind: OutputKind,
-    /// Where (`-` is standard output for tarballs).
+    /// Where (`-` is standard output for tarballs); empty for registry outputs.
     pub dest: PathBuf,
+    /// Registry outputs: the references to push (empty: the build's `-t` names).
+    pub names: Vec<String>,
+    /// Registry outputs: manifest media types (`oci-mediatypes=true|false`); `None` is OCI,
+    /// as kiln stores its images.
+    pub format: Option<ManifestFormat>,
+    /// `compression=` of this output, over `--compression`.
+    pub compression: Option<Compression>,
 }
 
 impl OutputSpec {
     /// `-o PATH`.
     pub fn docker(dest: PathBuf) -> OutputSpec {
+        OutputSpec::new(OutputKind::Docker, dest)
+    }
+
+    /// `--push`: the `-t` names to their registries.
+    pub fn registry() -> OutputSpec {
+        OutputSpec::new(OutputKind::Registry, PathBuf::new())
+    }
+
+    fn new(kind: OutputKind, dest: PathBuf) -> OutputSpec {
         OutputSpec {
-            kind: OutputKind::Docker,
+            kind,
             dest,
+            names: Vec::new(),
+            format: None,
+            compression: None,
         }
     }
 
-    /// Parses `type=docker,dest=app.tar`.
+    /// Parses `type=docker,dest=app.tar`, `type=registry[,name=REF]`, and BuildKit's
+    /// `type=image,name=REF,push=true`; any of them may add `compression=ALGO[:LEVEL]`, and
+    /// registry outputs `oci-mediatypes=true|false`.
     pub fn parse(s: &str) -> Result<OutputSpec> {
+        let usage = "expected type=docker|oci|oci-dir|local,dest=PATH or type=registry[,name=REF]";
         let mut kind = None;
         let mut dest = None;
+        let mut names = Vec::new();
+        let mut push = None;
+        let mut format = None;
+        let mut compression = None;
+        let flag = |key: &str, v: &str| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => bail!("--output {s:?}: {key}= takes true or false"),
+        };
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("type", t)) => {
@@ -53,19 +87,59 @@ impl OutputSpec {
                         "oci" => OutputKind::Oci,
                         "oci-dir" => OutputKind::OciDir,
                         "local" => OutputKind::Local,
-                        other => bail!("--output {s:?}: unknown type {other:?} (use docker, oci, oci-dir or local)"),
-                    })
+                        "registry" | "image" => OutputKind::Registry,
+                        other => bail!(
+                            "--output {s:?}: unknown type {other:?} (use docker, oci, oci-dir, \
+                             local or registry)"
+                        ),
+                    });
+                    if t == "image" {
+                        push.get_or_insert(false);
+                    }
                 }
                 Some(("dest", d)) if !d.is_empty() => dest = Some(PathBuf::from(d)),
-                _ => bail!("--output {s:?}: expected type=docker|oci|oci-dir|local,dest=PATH"),
+                Some(("name", n)) if !n.is_empty() => names.push(n.to_owned()),
+                Some(("push", v)) => push = Some(flag("push", v)?),
+                Some(("oci-mediatypes", v)) => {
+                    format = Some(if flag("oci-mediatypes", v)? {
+                        ManifestFormat::Oci
+                    } else {
+                        ManifestFormat::Docker
+                    })
+                }
+                Some(("compression", c)) => compression = Some(parse_compression(c)?),
+                _ => bail!("--output {s:?}: {usage}"),
             }
         }
         let kind = kind.with_context(|| format!("--output {s:?}: type= is missing"))?;
+        if kind == OutputKind::Registry {
+            if push == Some(false) {
+                bail!(
+                    "--output {s:?}: type=image without push=true would only name the image in \
+                     the store; use -t for that"
+                );
+            }
+            if dest.is_some() {
+                bail!("--output {s:?}: a registry output takes name=REF, not dest=");
+            }
+            return Ok(OutputSpec {
+                names,
+                format,
+                compression,
+                ..OutputSpec::registry()
+            });
+        }
+        if !names.is_empty() || push.is_some() || format.is_some() {
+            bail!("--output {s:?}: name=, push= and oci-mediatypes= belong to type=registry");
+        }
         let dest = dest.with_context(|| format!("--output {s:?}: dest= is missing"))?;
         if dest.as_os_str() == "-" && matches!(kind, OutputKind::OciDir | OutputKind::Local) {
             bail!("--output {s:?}: a directory output cannot go to standard output");
         }
-        Ok(OutputSpec { kind, dest })
+        Ok(OutputSpec {
+            compression,
+            ..OutputSpec::new(kind, dest)
+        })
     }
 }
 
@@ -76,8 +150,17 @@ impl fmt::Display for OutputSpec {
             OutputKind::Oci => "oci",
             OutputKind::OciDir => "oci-dir",
             OutputKind::Local => "local",
+            OutputKind::Registry => "registry",
         };
-        write!(f, "type={t},dest={}", self.dest.display())
+        write!(f, "type={t}")?;
+        if self.kind == OutputKind::Registry {
+            for n in &self.names {
+                write!(f, ",name={n}")?;
+            }
+            Ok(())
+        } else {
+            write!(f, ",dest={}", self.dest.display())
+        }
     }
 }
 
@@ -87,19 +170,22 @@ pub fn parse_compression(s: &str) -> Result<Compression> {
         .map_err(|e| anyhow::anyhow!("--compression {s:?}: {}", e.0))
 }
 
-/// Writes one output of a finished build.
+/// Writes one output of a finished build; a registry output adds what it pushed to `pushed`.
 pub fn export(
     store: &Store,
     built: &Built,
     tags: &[Reference],
     spec: &OutputSpec,
     compression: Option<Compression>,
+    insecure_registries: &[String],
+    pushed: &mut Vec<String>,
 ) -> Result<()> {
     let image = ExportImage {
         manifest: built.manifest.clone(),
         names: tags.iter().map(|t| t.to_string()).collect(),
     };
     let what = || format!("writing {spec}");
+    let compression = spec.compression.or(compression);
     match spec.kind {
         OutputKind::Docker => write_tar(
             &spec.dest,
@@ -124,6 +210,30 @@ pub fn export(
             &spec.dest,
         )
         .with_context(what),
+        OutputKind::Registry => {
+            let names: Vec<Reference> = if spec.names.is_empty() {
+                tags.to_vec()
+            } else {
+                spec.names
+                    .iter()
+                    .map(|n| Reference::parse(n).map_err(anyhow::Error::from))
+                    .collect::<Result<_>>()?
+            };
+            if names.is_empty() {
+                bail!("{spec}: nothing to push to; name the image with -t NAME or name=REF");
+            }
+            let shape = crate::cmd::push::Shape {
+                format: spec.format,
+                compression: compression.unwrap_or(Compression::GZIP),
+            };
+            for dest in &names {
+                let client = crate::auth::client_for(insecure_registries, &[&dest.domain])?;
+                let report =
+                    crate::cmd::push::push_image(store, &client, &built.manifest, dest, &shape)?;
+                pushed.push(crate::cmd::push::describe(dest, &report));
+            }
+            Ok(())
+        }
         OutputKind::Local => {
             // Owners are kept when running as root; otherwise files belong to the caller.
             let opts = kiln_snapshot::UnpackOptions::for_current_user();
@@ -206,11 +316,16 @@ mod tests {
     fn output_specs() {
         assert_eq!(
             OutputSpec::parse("type=oci,dest=a.tar").unwrap(),
-            OutputSpec {
-                kind: OutputKind::Oci,
-                dest: "a.tar".into()
-            }
+            OutputSpec::new(OutputKind::Oci, "a.tar".into())
         );
+        let r = OutputSpec::parse("type=registry,name=h:5000/a:1,oci-mediatypes=false").unwrap();
+        assert_eq!(r.kind, OutputKind::Registry);
+        assert_eq!(r.names, ["h:5000/a:1"]);
+        assert_eq!(r.format, Some(ManifestFormat::Docker));
+        let r = OutputSpec::parse("type=image,name=a,push=true,compression=zstd").unwrap();
+        assert_eq!(r.kind, OutputKind::Registry);
+        assert_eq!(r.compression, Some(Compression::ZSTD));
+        assert_eq!(OutputSpec::parse("type=registry").unwrap().names.len(), 0);
         assert_eq!(
             OutputSpec::parse("dest=d,type=oci-dir").unwrap().kind,
             OutputKind::OciDir
@@ -225,6 +340,11 @@ mod tests {
             ("dest=x", "type= is missing"),
             ("type=local,dest=-", "cannot go to standard output"),
             ("type=oci,dest=x,extra", "expected type="),
+            ("type=image,name=a", "without push=true"),
+            ("type=registry,dest=x", "takes name=REF"),
+            ("type=oci,dest=x,name=a", "belong to type=registry"),
+            ("type=registry,push=maybe", "true or false"),
+            ("type=oci,dest=x,compression=lzma", "--compression"),
         ] {
             let e = OutputSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(msg), "{bad}: {e}");

@@ -207,46 +207,11 @@ impl Plan {
             });
         }
 
-        let mut out_layers = Vec::with_capacity(layers.len());
-        let mut changed = false;
-        for (i, desc) in layers.iter().enumerate() {
-            let digest = parse_digest(what, desc.digest())?;
-            let mt = desc.media_type().to_string();
-            let unsupported = || ArchiveError::UnsupportedLayer {
-                manifest: img.manifest.clone(),
-                digest: digest.clone(),
-                media_type: mt.clone(),
-                compression,
-            };
-            let current = Compression::from_media_type(&mt).ok_or_else(unsupported)?;
-            if current.name() == compression.name() {
-                // An uncompressed layer is its own diffID; anything else is a broken image that
-                // every loader would refuse later, with a vaguer message.
-                if current == Compression::None && digest != diff_ids[i] {
-                    return Err(ArchiveError::DiffIdMismatch {
-                        layer: digest.to_string(),
-                        image: what(),
-                        index: i,
-                        expected: diff_ids[i].clone(),
-                        actual: digest,
-                    });
-                }
-                self.add_store_blob(store, &digest)?;
-                out_layers.push(desc.clone());
-                continue;
-            }
-            let (blob, size) = reencode_layer(
-                store,
-                &img.manifest,
-                i,
-                &digest,
-                current,
-                &diff_ids[i],
-                compression,
-            )?;
-            self.blobs.insert(blob.clone(), Source::Store(size));
-            out_layers.push(image::descriptor(compression.oci_media_type(), &blob, size));
-            changed = true;
+        let (out_layers, changed) =
+            convert_layers(store, &img.manifest, layers, diff_ids, compression)?;
+        for d in &out_layers {
+            let digest = parse_digest(what, d.digest())?;
+            self.add_store_blob(store, &digest)?;
         }
         self.add_store_blob(store, &config_digest)?;
 
@@ -382,6 +347,118 @@ fn canonical<T: Serialize>(value: &T, file: &str) -> Result<Vec<u8>> {
 
 fn blob_path(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
+}
+
+/// Layer descriptors of manifest `manifest` with every layer in `compression` (re-encoded into
+/// the store where needed; see [`precompress`] to do that in parallel first), and whether any
+/// descriptor changed.
+fn convert_layers(
+    store: &Store,
+    manifest: &Digest,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    compression: Compression,
+) -> Result<(Vec<Descriptor>, bool)> {
+    let what = || format!("manifest {manifest}");
+    let mut out_layers = Vec::with_capacity(layers.len());
+    let mut changed = false;
+    for (i, desc) in layers.iter().enumerate() {
+        let digest = parse_digest(what, desc.digest())?;
+        let mt = desc.media_type().to_string();
+        let unsupported = || ArchiveError::UnsupportedLayer {
+            manifest: manifest.clone(),
+            digest: digest.clone(),
+            media_type: mt.clone(),
+            compression,
+        };
+        let current = Compression::from_media_type(&mt).ok_or_else(unsupported)?;
+        if current.name() == compression.name() {
+            // An uncompressed layer is its own diffID; anything else is a broken image that
+            // every loader would refuse later, with a vaguer message.
+            if current == Compression::None && digest != diff_ids[i] {
+                return Err(ArchiveError::DiffIdMismatch {
+                    layer: digest.to_string(),
+                    image: what(),
+                    index: i,
+                    expected: diff_ids[i].clone(),
+                    actual: digest,
+                });
+            }
+            out_layers.push(desc.clone());
+            continue;
+        }
+        let (blob, size) = reencode_layer(
+            store,
+            manifest,
+            i,
+            &digest,
+            current,
+            &diff_ids[i],
+            compression,
+        )?;
+        out_layers.push(image::descriptor(compression.oci_media_type(), &blob, size));
+        changed = true;
+    }
+    Ok((out_layers, changed))
+}
+
+/// The manifest to send to a registry for image `manifest`: layers in `compression` and media
+/// types of `format`, stored as a new blob when anything differs (the config blob, and so the
+/// image ID, stays the same). An image already in that shape comes back unchanged, so pushing a
+/// pulled image keeps its digest.
+///
+/// kiln stores the layers it builds uncompressed; registries and their clients expect them
+/// compressed, and Docker media types cannot describe zstd layers (that is an error).
+pub fn registry_manifest(
+    store: &Store,
+    manifest: &Digest,
+    compression: Compression,
+    format: ManifestFormat,
+) -> Result<Digest> {
+    let what = || format!("manifest {manifest}");
+    let parsed = image::read_manifest(store, manifest)?;
+    let config_desc = parsed.value.config().clone();
+    let config_digest = parse_digest(what, config_desc.digest())?;
+    let config = image::read_config(store, &config_digest)?.value;
+    let layers = parsed.value.layers();
+    if layers.len() != config.rootfs.diff_ids.len() {
+        return Err(ArchiveError::LayerCount {
+            image: what(),
+            layers: layers.len(),
+            diff_ids: config.rootfs.diff_ids.len(),
+        });
+    }
+    let image = ExportImage {
+        manifest: manifest.clone(),
+        names: Vec::new(),
+    };
+    precompress(store, std::slice::from_ref(&image), compression)?;
+    let (out_layers, changed) = convert_layers(
+        store,
+        manifest,
+        layers,
+        &config.rootfs.diff_ids,
+        compression,
+    )?;
+    let declared = parsed
+        .value
+        .media_type()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| media_type::OCI_MANIFEST.to_owned());
+    if !changed && declared == format.manifest_media_type() {
+        return Ok(manifest.clone());
+    }
+    let mut cfg = config_desc;
+    cfg.set_media_type(MediaType::from(format.config_media_type()));
+    let annotations: Option<BTreeMap<String, String>> = parsed
+        .value
+        .annotations()
+        .as_ref()
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    let m = image::build_manifest(cfg, &out_layers, annotations.as_ref(), format)?;
+    let (digest, _) = store.put_blob(&image::manifest_to_vec(&m)?)?;
+    Ok(digest)
 }
 
 fn platform(config: &ImageConfig) -> Option<oci_spec::image::Platform> {

@@ -56,7 +56,7 @@ use std::io;
 
 use oci_spec::image::Descriptor;
 
-pub use export::{write_docker_archive, write_oci_archive, write_oci_dir};
+pub use export::{registry_manifest, write_docker_archive, write_oci_archive, write_oci_dir};
 pub use import::import_rootfs;
 pub use load::load_archive;
 pub use names::{familiar_name, normalize_name, tag_of};
@@ -423,6 +423,52 @@ mod tests {
             entries[0]["digest"], entries[1]["digest"],
             "both gzip by now"
         );
+    }
+
+    #[test]
+    fn registry_manifest_compresses_and_translates_but_keeps_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (manifest, config) = tiny_image(&store);
+        let read = |d: &Digest| image::read_manifest(&store, d).unwrap().value;
+
+        let oci =
+            registry_manifest(&store, &manifest, Compression::GZIP, ManifestFormat::Oci).unwrap();
+        assert_ne!(oci, manifest, "uncompressed layers must be re-encoded");
+        let m = read(&oci);
+        assert_eq!(
+            m.layers()[0].media_type().to_string(),
+            Compression::GZIP.oci_media_type()
+        );
+        assert_eq!(Digest::from_oci(m.config().digest()).unwrap(), config);
+        // Already in shape: the same digest back, so a pulled image keeps its digest.
+        assert_eq!(
+            registry_manifest(&store, &oci, Compression::GZIP, ManifestFormat::Oci).unwrap(),
+            oci
+        );
+
+        let docker =
+            registry_manifest(&store, &manifest, Compression::GZIP, ManifestFormat::Docker)
+                .unwrap();
+        let m = read(&docker);
+        assert_eq!(
+            m.media_type().as_ref().unwrap().to_string(),
+            image::media_type::DOCKER_MANIFEST
+        );
+        assert_eq!(
+            m.config().media_type().to_string(),
+            image::media_type::DOCKER_CONFIG
+        );
+        assert_eq!(Digest::from_oci(m.config().digest()).unwrap(), config);
+        assert_eq!(
+            m.layers()[0].digest(),
+            read(&oci).layers()[0].digest(),
+            "the gzip blob is made once and shared"
+        );
+        // Docker media types have no zstd.
+        let err = registry_manifest(&store, &manifest, Compression::ZSTD, ManifestFormat::Docker)
+            .unwrap_err();
+        assert!(err.to_string().contains("zstd"), "{err}");
     }
 
     #[test]

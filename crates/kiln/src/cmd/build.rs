@@ -17,6 +17,7 @@ use std::time::Instant;
 #[command(after_help = "Examples:\n  kiln build -t app:1 .\n  \
 kiln build -t app:1 -o app.tar .                      # and write a docker-loadable tarball\n  \
 kiln build --output type=oci,dest=app.oci.tar .\n  \
+kiln build -t localhost:5000/app:1 --push .          # build and push\n  \
 SOURCE_DATE_EPOCH=0 kiln build -q -t app:1 .          # reproducible; prints only the image ID")]
 pub struct Args {
     #[command(flatten)]
@@ -30,17 +31,21 @@ pub struct Args {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
 
-    /// Export the result: type=docker|oci|oci-dir|local,dest=PATH (repeatable). For tar
-    /// outputs, dest=- writes to standard output.
+    /// Export the result: type=docker|oci|oci-dir|local,dest=PATH or type=registry[,name=REF]
+    /// [,oci-mediatypes=false] (repeatable). For tar outputs, dest=- writes to standard output.
     #[arg(long = "output", value_name = "type=TYPE,dest=PATH")]
     pub outputs: Vec<String>,
+
+    /// Push the result to the registry of every -t name (--output type=registry).
+    #[arg(long)]
+    pub push: bool,
 
     /// Shorthand for --output type=docker,dest=PATH: a tarball for `docker load`.
     #[arg(short = 'o', value_name = "PATH")]
     pub output_path: Option<PathBuf>,
 
-    /// Layer compression of exported tarballs: none, gzip[:LEVEL] or zstd[:LEVEL]
-    /// (default: none for type=docker, gzip for OCI outputs).
+    /// Layer compression of outputs: none, gzip[:LEVEL] or zstd[:LEVEL]
+    /// (default: none for type=docker, gzip for OCI outputs and registries).
     #[arg(long, value_name = "ALGO")]
     pub compression: Option<String>,
 
@@ -158,6 +163,22 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     if let Some(p) = &args.output_path {
         outputs.push(OutputSpec::docker(p.clone()));
     }
+    if args.push {
+        outputs.push(OutputSpec::registry());
+    }
+    if tags.is_empty() {
+        if let Some(o) = outputs
+            .iter()
+            .find(|o| o.kind == output::OutputKind::Registry && o.names.is_empty())
+        {
+            let what = if args.push {
+                "--push".to_owned()
+            } else {
+                o.to_string()
+            };
+            bail!("{what} needs a name to push to: add -t REGISTRY/NAME[:TAG]");
+        }
+    }
     let compression = args
         .compression
         .as_deref()
@@ -196,8 +217,20 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         Err(e) => return Ok(report(&src, e)),
     };
     for out in &outputs {
-        output::export(&store, &built, &tags, out, compression)?;
+        let mut pushed = Vec::new();
+        output::export(
+            &store,
+            &built,
+            &tags,
+            out,
+            compression,
+            &args.insecure_registries,
+            &mut pushed,
+        )?;
         if !args.quiet {
+            for p in &pushed {
+                eprintln!("{p}");
+            }
             eprintln!("exported {out}");
         }
     }
