@@ -439,3 +439,127 @@ fn login_logout_and_basic_auth() {
     let (ok, _, err) = k(&["pull", &dest], None);
     assert!(!ok && err.contains("kiln login"), "{err}");
 }
+
+/// An image index made by podman from two kiln images: kiln picks the host's platform, or the
+/// one asked for, in `kiln pull` and in FROM.
+#[test]
+fn multi_platform_index_selects_the_platform() {
+    let Some(reg) = Registry::start() else { return };
+    let Some(podman) = util::podman::Podman::new() else {
+        return;
+    };
+    let dir = TestDir::new("registry-multi");
+    let host = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    for arch in [host, other] {
+        dir.write(
+            &format!("{arch}/Dockerfile"),
+            "FROM scratch\nCOPY arch.txt /\n",
+        );
+        dir.write(&format!("{arch}/arch.txt"), arch);
+        let tag = format!("one:{arch}");
+        let (ok, _, err) = kiln(
+            dir.path(),
+            "a",
+            &[
+                "build",
+                "--platform",
+                &format!("linux/{arch}"),
+                "-t",
+                &tag,
+                arch,
+            ],
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = kiln(dir.path(), "a", &["push", &tag, &reg.image(&tag)]);
+        assert!(ok, "{err}");
+    }
+    let list = reg.image("multi:1");
+    podman.podman_ok(&["manifest", "create", "kiln-multi"]);
+    for arch in [host, other] {
+        podman.podman_ok(&[
+            "manifest",
+            "add",
+            "--tls-verify=false",
+            "kiln-multi",
+            &format!("docker://{}", reg.image(&format!("one:{arch}"))),
+        ]);
+    }
+    podman.podman_ok(&[
+        "manifest",
+        "push",
+        "--all",
+        "--tls-verify=false",
+        "kiln-multi",
+        &format!("docker://{list}"),
+    ]);
+    let out = util::tools::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{list}"),
+    ]);
+    let raw: serde_json::Value =
+        serde_json::from_str(&assert_success(&out, "skopeo inspect --raw")).unwrap();
+    assert_eq!(
+        raw["manifests"].as_array().map(Vec::len),
+        Some(2),
+        "an index of two: {raw}"
+    );
+
+    let arch_of = |store: &str, image: &str| -> String {
+        let (ok, out, err) = kiln(dir.path(), store, &["inspect", image]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["Architecture"].as_str().unwrap_or_default().to_owned()
+    };
+    // kiln pull: the host's platform by default, the asked one with --platform.
+    let (ok, out, err) = kiln(dir.path(), "b", &["pull", &list]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("linux/{host}")), "{out}");
+    assert_eq!(arch_of("b", &list), host);
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "c",
+        &["pull", "--platform", &format!("linux/{other}"), &list],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(arch_of("c", &list), other);
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "c",
+        &["pull", "--platform", "linux/s390x", &list],
+    );
+    assert!(
+        !ok && err.contains("s390x") && err.contains(host) && err.contains(other),
+        "a missing platform names the ones there are: {err}"
+    );
+
+    // FROM an index, in a build for either platform.
+    dir.write("child/Dockerfile", format!("FROM {list}\n"));
+    for (store, arch) in [("d", host), ("e", other)] {
+        let (ok, _, err) = kiln(
+            dir.path(),
+            store,
+            &[
+                "build",
+                "--platform",
+                &format!("linux/{arch}"),
+                "-t",
+                "child",
+                "child",
+            ],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(
+            util::images::tree(&dir.path().join(store), "child")["arch.txt"].content,
+            arch.as_bytes(),
+            "{arch}"
+        );
+        assert_eq!(arch_of(store, "child"), arch);
+    }
+}
