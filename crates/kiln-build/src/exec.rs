@@ -1,6 +1,7 @@
 //! Running a build: stages in dependency order, each instruction applied to an image state.
 
 use crate::archive::{self, ArchiveError};
+use crate::cache::{self, CachedLayer, Inputs, Record, StepCache};
 use crate::context::context_tree;
 use crate::copy::{self, Content, CopyError, CopyRequest, Planned, SourceTree, SrcNode};
 use crate::fetch::{self, FetchError};
@@ -13,6 +14,8 @@ use kiln_dockerfile::instructions::{
 };
 use kiln_dockerfile::stages::{BuildOptions, Dockerfile, Scope, Source};
 use kiln_dockerfile::{Error as DfError, Span};
+use kiln_oci::digest::Digest;
+use kiln_oci::layer::LayerInfo;
 use kiln_oci::reference::Reference;
 use kiln_oci::store::Store;
 use std::collections::BTreeMap;
@@ -44,6 +47,10 @@ pub struct BuildRequest {
     pub insecure_registries: Vec<String>,
     /// Logins for the registries `FROM` images come from.
     pub credentials: Vec<(String, kiln_registry::Credentials)>,
+    /// `--no-cache`: run every step (results are still recorded for the next build).
+    pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name or index) whose steps always run.
+    pub no_cache_filter: Vec<String>,
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -73,6 +80,8 @@ impl BuildRequest {
             pull: PullPolicy::Missing,
             insecure_registries: Vec::new(),
             credentials: Vec::new(),
+            no_cache: false,
+            no_cache_filter: Vec::new(),
         }
     }
 }
@@ -104,6 +113,13 @@ pub enum Event<'a> {
         total: usize,
         /// The instruction as written.
         text: &'a str,
+    },
+    /// Whether the current step's result came from the cache; for a miss, why not.
+    Cache {
+        /// Found in the cache: the step does no work.
+        hit: bool,
+        /// For a miss, the input that changed since the last build (or `--no-cache`).
+        reason: Option<&'a str>,
     },
     /// A line of a RUN step's output.
     Output(&'a str),
@@ -207,23 +223,36 @@ pub fn build(
         req,
         df: &df,
         now,
+        step_now: now,
         context: None,
         stages: BTreeMap::new(),
+        stage_keys: BTreeMap::new(),
         tmp: store.root().join("tmp"),
         snapshots: None,
+        cache: StepCache::open(store.root(), &build_id(req, &df, plan.target)),
     };
     for &index in &plan.order {
         let stage = &df.stages[index];
-        let base = match &plan.stages[index].base {
-            Source::Scratch => ImageState::scratch(&req.options.target_platform),
-            Source::Stage(i) => ctx.stages[i].clone(),
-            Source::Image(name) => ensure_pulled(store, req, name)
-                .and_then(|()| image::load(store, name))
-                .map_err(|e| BuildError::Step {
-                    span: stage.from_span,
-                    message: e.to_string(),
-                    help: e.help(),
-                })?,
+        let (base, base_key) = match &plan.stages[index].base {
+            Source::Scratch => {
+                let p = &req.options.target_platform;
+                (
+                    ImageState::scratch(p),
+                    cache::base_key("scratch", &[p.to_string().as_bytes()]),
+                )
+            }
+            Source::Stage(i) => (ctx.stages[i].clone(), ctx.stage_keys[i].clone()),
+            Source::Image(name) => {
+                let state = ensure_pulled(store, req, name)
+                    .and_then(|()| image::load(store, name))
+                    .map_err(|e| BuildError::Step {
+                        span: stage.from_span,
+                        message: e.to_string(),
+                        help: e.help(),
+                    })?;
+                let key = state.content_key()?;
+                (state, key)
+            }
         };
         // BuildKit's labels: the stage name, `stage-N` when unnamed, nothing for a lone stage.
         let label = match (&stage.name, df.stages.len()) {
@@ -231,14 +260,19 @@ pub fn build(
             (None, 1) => String::new(),
             (None, _) => format!("stage-{index} "),
         };
-        let state = ctx.run_stage(index, base, &plan.global_args, &label, progress)?;
+        let (state, key) =
+            ctx.run_stage(index, base, base_key, &plan.global_args, &label, progress)?;
         ctx.stages.insert(index, state);
+        ctx.stage_keys.insert(index, key);
     }
+    ctx.cache.finish();
     let mut last = ctx.stages.remove(&plan.target).expect("target built");
     for (k, v) in &req.labels {
         last.config.labels_mut().insert(k.clone(), v.clone());
     }
-    last.config.set_created(now);
+    // The image is as new as its newest step: a rebuild that ran nothing gives the same ID.
+    let created = last.newest_step().unwrap_or(now);
+    last.config.set_created(created);
     let (manifest, manifest_size, config) = last.commit(store)?;
     for tag in &req.tags {
         store
@@ -318,15 +352,46 @@ fn refuse_unsupported(df: &Dockerfile, order: &[usize]) -> Result<(), BuildError
     }
 }
 
+/// Names one build of a Dockerfile in a context, for `--explain-cache`'s memory of the last
+/// build's inputs.
+fn build_id(req: &BuildRequest, df: &Dockerfile, target: usize) -> String {
+    let context = std::fs::canonicalize(&req.context).unwrap_or_else(|_| req.context.clone());
+    let dockerfile = req
+        .dockerfile_path
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+    let target = df.stages[target]
+        .name
+        .clone()
+        .unwrap_or_else(|| target.to_string());
+    format!(
+        "{}\0{}\0{target}",
+        context.display(),
+        dockerfile.map_or_else(|| "-".into(), |p| p.display().to_string())
+    )
+}
+
 struct Ctx<'a> {
     store: &'a Store,
     req: &'a BuildRequest,
     df: &'a Dockerfile,
     now: (i64, u32),
+    /// The time of the current step's history entry: now, or when a cached step first ran.
+    step_now: (i64, u32),
     context: Option<SourceTree>,
     stages: BTreeMap<usize, ImageState>,
+    /// Cache key of each finished stage (of its last step).
+    stage_keys: BTreeMap<usize, Digest>,
     tmp: PathBuf,
     snapshots: Option<kiln_snapshot::snapshots::Snapshots>,
+    cache: StepCache,
+}
+
+/// What a step needs before the cache is asked: its inputs, and for COPY/ADD the planned
+/// entries (planning is how the files it selects are known).
+struct Prepared {
+    inputs: Inputs,
+    planned: Option<Vec<Planned>>,
 }
 
 impl Ctx<'_> {
@@ -334,10 +399,11 @@ impl Ctx<'_> {
         &mut self,
         index: usize,
         mut state: ImageState,
+        mut key: Digest,
         globals: &[(String, String)],
         label: &str,
         progress: &mut dyn Progress,
-    ) -> Result<ImageState, BuildError> {
+    ) -> Result<(ImageState, Digest), BuildError> {
         let stage = &self.df.stages[index];
         let base_env = state.config.env_pairs();
         let mut scope = Scope::new(self.df, &self.req.options, globals, base_env);
@@ -366,6 +432,10 @@ impl Ctx<'_> {
         steps.extend(stage.instructions.iter().cloned());
         let mut cmd_set_here = false;
         let total = steps.len();
+        let no_cache = self.req.no_cache
+            || self.req.no_cache_filter.iter().any(|f| {
+                stage.name.as_deref() == Some(f.as_str()) || *f == index.to_string()
+            });
         for (n, ins) in steps.iter().enumerate() {
             if crate::run::interrupted() {
                 return Err(BuildError::Interrupted);
@@ -378,14 +448,120 @@ impl Ctx<'_> {
             });
             let started = Instant::now();
             let (ex, _) = scope.step(ins)?;
-            self.apply(&mut state, &scope, &ex, &mut cmd_set_here, progress)?;
+            let prepared = self.prepare(&mut state, &scope, &ex, &key)?;
+            let new_key = prepared.inputs.key();
+            let position = format!("{index}/{n}");
+            let cached = if no_cache {
+                None
+            } else {
+                self.cache.lookup(self.store, &new_key)
+            };
+            let reason = match (&cached, no_cache) {
+                (Some(_), _) => None,
+                (None, true) => Some("--no-cache".to_owned()),
+                (None, false) => Some(self.cache.explain_miss(&position, &prepared.inputs)),
+            };
+            progress.event(Event::Cache {
+                hit: cached.is_some(),
+                reason: reason.as_deref(),
+            });
+            self.step_now = cached.as_ref().map_or(self.now, |r| r.created);
+            let made = self.apply(
+                &mut state,
+                &scope,
+                &ex,
+                &mut cmd_set_here,
+                progress,
+                prepared.planned,
+                cached.as_ref(),
+            )?;
+            if cached.is_none() {
+                let record = Record {
+                    created: self.now,
+                    layer: made.as_ref().map(CachedLayer::of),
+                };
+                // A record that cannot be written only costs the next build time.
+                if let Err(e) = self.cache.insert(&new_key, &record) {
+                    progress.event(Event::Warning(&format!(
+                        "could not record the step in the build cache: {e}"
+                    )));
+                }
+            }
+            self.cache.note(&position, &prepared.inputs);
+            key = new_key;
             progress.event(Event::Done {
                 elapsed: started.elapsed(),
             });
         }
-        Ok(state)
+        Ok((state, key))
     }
 
+    /// The inputs of `ins` after the step whose key is `parent`.
+    fn prepare(
+        &mut self,
+        state: &mut ImageState,
+        scope: &Scope,
+        ins: &Instruction,
+        parent: &Digest,
+    ) -> Result<Prepared, BuildError> {
+        let mut inputs = Inputs::after(parent);
+        let canonical = serde_json::to_string(&ins.command)
+            .map_err(|e| BuildError::step(ins, format!("describing the step: {e}")))?;
+        inputs.push("instruction", canonical);
+        let planned = match &ins.command {
+            Command::Copy(cp) => {
+                let planned = self.plan_copy(state, scope, ins, cp)?;
+                let blobs = self.store.root().join("blobs");
+                let mut groups: BTreeMap<(u64, u64), &str> = BTreeMap::new();
+                for p in &planned {
+                    let n = &p.node;
+                    let content = self
+                        .cache
+                        .content_digest(p, &blobs)
+                        .map_err(|e| BuildError::step(ins, format!("reading {}: {e}", p.path)))?;
+                    // Two names of one file stay one file: the group is part of the input.
+                    let group = n
+                        .link_key
+                        .map(|k| *groups.entry(k).or_insert(p.path.as_str()))
+                        .unwrap_or("");
+                    let xattrs: Vec<String> = n
+                        .xattrs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", Digest::of(v)))
+                        .collect();
+                    inputs.push(
+                        format!("file /{}", p.path),
+                        format!(
+                            "{:?} {:o} {}:{} {} {} [{}] {group}",
+                            n.kind,
+                            n.mode,
+                            n.uid,
+                            n.gid,
+                            n.size,
+                            content.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+                            xattrs.join(",")
+                        ),
+                    );
+                }
+                Some(planned)
+            }
+            Command::Run(_) => {
+                for (k, v) in scope.run_env() {
+                    inputs.push(format!("env {k}"), cache::hidden(&v));
+                }
+                inputs.push("network", format!("{:?}", self.req.network));
+                None
+            }
+            // Everything else (WORKDIR's directory included) follows from the instruction and
+            // the image, which the parent key already fixes.
+            _ => None,
+        };
+        Ok(Prepared { inputs, planned })
+    }
+
+    /// Applies one step to `state`; returns the layer it wrote, if any. With `cached`, the
+    /// step's layer comes from the cache and no files are read or commands run.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         state: &mut ImageState,
@@ -393,17 +569,37 @@ impl Ctx<'_> {
         ins: &Instruction,
         cmd_set_here: &mut bool,
         progress: &mut dyn Progress,
-    ) -> Result<(), BuildError> {
+        planned: Option<Vec<Planned>>,
+        cached: Option<&Record>,
+    ) -> Result<Option<LayerInfo>, BuildError> {
         let created_by = history_text(ins);
+        if let Some(record) = cached {
+            if let Command::Copy(_) | Command::Run(_) | Command::Workdir(_) = &ins.command {
+                if let Command::Workdir(_) = &ins.command {
+                    state.config.set_working_dir(scope.workdir());
+                }
+                match &record.layer {
+                    Some(layer) => self.push_layer(state, layer.info(), &created_by)?,
+                    None => state.add_empty_history(
+                        &created_by,
+                        self.req.source_date_epoch,
+                        self.step_now,
+                    ),
+                }
+                return Ok(None);
+            }
+        }
         if let Command::Run(r) = &ins.command {
             return self.run(state, scope, ins, r, &created_by, progress);
         }
         let c = &mut state.config;
         match &ins.command {
             Command::Copy(cp) => {
-                let entries = self.plan_copy(state, scope, ins, cp)?;
-                self.commit_layer(state, &entries, &created_by)?;
-                return Ok(());
+                let entries = match planned {
+                    Some(p) => p,
+                    None => self.plan_copy(state, scope, ins, cp)?,
+                };
+                return self.commit_layer(state, &entries, &created_by).map(Some);
             }
             Command::Workdir(_) => {
                 let wd = scope.workdir().to_string();
@@ -436,8 +632,7 @@ impl Ctx<'_> {
                     if let Some(last) = entries.iter_mut().find(|p| p.path == clean(&wd)) {
                         last.node = dir;
                     }
-                    self.commit_layer(state, &entries, &created_by)?;
-                    return Ok(());
+                    return self.commit_layer(state, &entries, &created_by).map(Some);
                 }
             }
             Command::Env(kvs) => {
@@ -510,7 +705,7 @@ impl Ctx<'_> {
                 }
             },
             Command::Onbuild(o) => c.add_onbuild(&o.expression),
-            Command::Arg(_) => return Ok(()), // no history entry, as BuildKit does
+            Command::Arg(_) => return Ok(None), // no history entry, as BuildKit does
             Command::From(_) | Command::Run(_) => {
                 return Err(BuildError::step(
                     ins,
@@ -518,8 +713,8 @@ impl Ctx<'_> {
                 ))
             }
         }
-        state.add_empty_history(&created_by, self.req.source_date_epoch, self.now);
-        Ok(())
+        state.add_empty_history(&created_by, self.req.source_date_epoch, self.step_now);
+        Ok(None)
     }
 
     /// A RUN step: sandboxed on an overlay of the image's snapshots; its changes are the layer.
@@ -531,7 +726,7 @@ impl Ctx<'_> {
         r: &kiln_dockerfile::instructions::RunCmd,
         created_by: &str,
         progress: &mut dyn Progress,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Option<LayerInfo>, BuildError> {
         if self.snapshots.is_none() {
             let s = kiln_snapshot::snapshots::Snapshots::open_detected(self.store.root())
                 .map_err(|e| BuildError::step(ins, format!("opening the snapshot store: {e}")))?;
@@ -571,16 +766,15 @@ impl Ctx<'_> {
                 }
             })?;
         match result.layer {
-            Some(info) => state.push_layer(
-                self.store,
-                info,
-                self.req.source_date_epoch,
-                self.now,
-                created_by,
-            )?,
-            None => state.add_empty_history(created_by, self.req.source_date_epoch, self.now),
+            Some(info) => {
+                self.push_layer(state, info.clone(), created_by)?;
+                Ok(Some(info))
+            }
+            None => {
+                state.add_empty_history(created_by, self.req.source_date_epoch, self.step_now);
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// Writes planned entries as the state's next layer.
@@ -589,12 +783,28 @@ impl Ctx<'_> {
         state: &mut ImageState,
         entries: &[Planned],
         created_by: &str,
-    ) -> Result<(), BuildError> {
+    ) -> Result<LayerInfo, BuildError> {
         Ok(state.add_layer(
             self.store,
             entries,
             self.req.source_date_epoch,
-            self.now,
+            self.step_now,
+            created_by,
+        )?)
+    }
+
+    /// Adds a stored layer (just made, or from the cache) to the state.
+    fn push_layer(
+        &self,
+        state: &mut ImageState,
+        info: LayerInfo,
+        created_by: &str,
+    ) -> Result<(), BuildError> {
+        Ok(state.push_layer(
+            self.store,
+            info,
+            self.req.source_date_epoch,
+            self.step_now,
             created_by,
         )?)
     }

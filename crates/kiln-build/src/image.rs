@@ -103,6 +103,8 @@ pub struct ImageState {
     layers: Vec<LayerRef>,
     rootfs: Option<Rootfs>,
     temps: Arc<Temps>,
+    /// Time of the newest step this build added (its history entry's time).
+    newest: Option<(i64, u32)>,
 }
 
 impl ImageState {
@@ -123,6 +125,7 @@ impl ImageState {
             layers: Vec::new(),
             rootfs: None,
             temps: Arc::default(),
+            newest: None,
         }
     }
 
@@ -201,7 +204,7 @@ impl ImageState {
         source_date_epoch: Option<i64>,
         now: (i64, u32),
         created_by: &str,
-    ) -> Result<(), ImageError> {
+    ) -> Result<kiln_oci::layer::LayerInfo, ImageError> {
         let info = kiln_oci::layer::write_layer(store, Compression::None, |w| {
             w.set_clamp_mtime(source_date_epoch);
             for p in entries {
@@ -226,7 +229,29 @@ impl ImageState {
             }
             Ok(())
         })?;
-        self.push_layer(store, info, source_date_epoch, now, created_by)
+        self.push_layer(store, info.clone(), source_date_epoch, now, created_by)?;
+        Ok(info)
+    }
+
+    /// The time of the newest step added by this build, if any.
+    pub fn newest_step(&self) -> Option<(i64, u32)> {
+        self.newest
+    }
+
+    fn note_step(&mut self, now: (i64, u32)) {
+        self.newest = Some(self.newest.map_or(now, |n| n.max(now)));
+    }
+
+    /// A cache key for this image as a base: its config and layers.
+    pub fn content_key(&self) -> Result<Digest, ImageError> {
+        let config = self.config.0.to_vec().map_err(|e| {
+            ImageError::Unsupported(format!("serializing the base image's config: {e}"))
+        })?;
+        let diff_ids: String = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        Ok(crate::cache::base_key(
+            "image",
+            &[config.as_slice(), diff_ids.as_bytes()],
+        ))
     }
 
     /// Adds a layer already in the store (written by the step) to the image: config, history,
@@ -249,6 +274,7 @@ impl ImageState {
             diff_id: info.diff_id.clone(),
         });
         self.config.0.rootfs.diff_ids.push(info.diff_id);
+        self.note_step(now);
         self.config.0.history.push(History {
             created: Some(timestamp(source_date_epoch, now)),
             created_by: Some(created_by.to_string()),
@@ -282,6 +308,7 @@ impl ImageState {
         source_date_epoch: Option<i64>,
         now: (i64, u32),
     ) {
+        self.note_step(now);
         self.config.0.history.push(History {
             created: Some(timestamp(source_date_epoch, now)),
             created_by: Some(created_by.to_string()),
@@ -768,6 +795,7 @@ fn from_descriptor(
         layers,
         rootfs: None,
         temps: Arc::default(),
+        newest: None,
     })
 }
 

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod cache;
 pub mod context;
 pub mod copy;
 mod exec;

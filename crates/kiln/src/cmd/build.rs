@@ -65,6 +65,19 @@ pub struct Args {
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
 
+    /// Run every step; results are still recorded for later builds.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Run every step of these stages (name or index; repeatable or comma-separated).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+
+    /// For every step that is not a cache hit, print which input changed since the last build
+    /// (a file, a build arg, the instruction, or an earlier step).
+    #[arg(long)]
+    pub explain_cache: bool,
+
     /// Print only the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -74,10 +87,13 @@ pub struct Args {
     pub context: PathBuf,
 }
 
-/// Plain progress, BuildKit style: `#3 [build 2/4] COPY . /src` then `#3 DONE 0.1s`.
+/// Plain progress, BuildKit style: `#3 [build 2/4] COPY . /src` then `#3 DONE 0.1s` (or
+/// `#3 CACHED`).
 struct Plain {
     n: usize,
     quiet: bool,
+    explain: bool,
+    cached: bool,
 }
 
 impl Progress for Plain {
@@ -103,7 +119,15 @@ impl Progress for Plain {
                     .collect();
                 writeln!(err, "#{} [{stage}{step}/{total}] {one_line}", self.n)
             }
+            Event::Cache { hit, reason } => {
+                self.cached = hit;
+                match reason {
+                    Some(r) if self.explain => writeln!(err, "#{} cache miss: {r}", self.n),
+                    _ => Ok(()),
+                }
+            }
             Event::Output(line) => writeln!(err, "#{} {line}", self.n),
+            Event::Done { .. } if self.cached => writeln!(err, "#{} CACHED", self.n),
             Event::Done { elapsed } => {
                 writeln!(err, "#{} DONE {:.1}s", self.n, elapsed.as_secs_f64())
             }
@@ -200,6 +224,8 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         },
         insecure_registries: args.insecure_registries.clone(),
         credentials,
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
@@ -211,6 +237,8 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     let mut progress = Plain {
         n: 0,
         quiet: args.quiet,
+        explain: args.explain_cache,
+        cached: false,
     };
     let built = match kiln_build::build(&store, &req, &mut progress) {
         Ok(b) => b,

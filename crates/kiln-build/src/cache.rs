@@ -1,0 +1,490 @@
+//! The build cache: a step's result, found again by a key made from everything the step can
+//! see.
+//!
+//! A step's key is the SHA-256 of its [`Inputs`]: the key of the step before it (or of the
+//! base image), the instruction after variable expansion, and what else reaches it — the
+//! environment and build args of a RUN, the path, type, mode, owner and content digest (never
+//! the mtime) of every file a COPY or ADD writes. The key of the last step of a stage is the
+//! stage's key, so `FROM stage` and `COPY --from=stage` chain on.
+//!
+//! Records live under `<store>/cache/`:
+//! * `steps/<key hex>`: JSON with the step's time and, for steps that made a layer, the
+//!   layer (a blob of the store). A record whose layer blob is gone is a miss.
+//! * `files`: content digests of context files by (device, inode, size, mtime, ctime), and of
+//!   entries in stored layer tars by (blob, offset, size), so an unchanged context is not
+//!   read again.
+//! * `explain/<build hex>`: the inputs of every step of the last build of a Dockerfile in a
+//!   context, so a miss can say which input changed (`--explain-cache`).
+//!
+//! Records are written through a temporary file renamed into place; one that cannot be read
+//! is a miss, never an error, so a damaged cache costs time and nothing else.
+
+use crate::copy::{Content, Planned};
+use kiln_oci::digest::{Digest, Sha256Hasher};
+use kiln_oci::layer::LayerInfo;
+use kiln_oci::Compression;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Changes whenever keys would mean something else, so old records simply stop matching.
+const KEY_VERSION: &str = "kiln-step-cache-v1";
+
+/// The inputs of one step, in a fixed order: (name, value). Values are short texts or digests;
+/// secrets never appear (env values are hashed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inputs(pub Vec<(String, String)>);
+
+impl Inputs {
+    /// Inputs that start from `parent` (the previous step's key, or the base's).
+    pub fn after(parent: &Digest) -> Inputs {
+        Inputs(vec![("parent".into(), parent.to_string())])
+    }
+
+    /// Adds one input.
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// The step's key.
+    pub fn key(&self) -> Digest {
+        let mut h = Sha256Hasher::new();
+        h.update(KEY_VERSION.as_bytes());
+        for (name, value) in &self.0 {
+            h.update(b"\n");
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(&(value.len() as u64).to_le_bytes());
+            h.update(value.as_bytes());
+        }
+        h.finish().0
+    }
+}
+
+/// The key of a base: the image's config and layers, or `scratch` for a platform.
+pub fn base_key(kind: &str, parts: &[&[u8]]) -> Digest {
+    let mut h = Sha256Hasher::new();
+    h.update(KEY_VERSION.as_bytes());
+    h.update(kind.as_bytes());
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finish().0
+}
+
+/// A digest of a value that must not be stored in clear (environment values may be tokens).
+pub fn hidden(value: &str) -> String {
+    Digest::of(value.as_bytes()).to_string()
+}
+
+/// A layer a step made, as its record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// The stored blob (uncompressed, so also the diffID).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Blob size.
+    pub size: u64,
+}
+
+impl CachedLayer {
+    /// What the image state takes.
+    pub fn info(&self) -> LayerInfo {
+        LayerInfo {
+            diff_id: self.diff_id.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            uncompressed_size: self.size,
+            compression: Compression::None,
+            media_type: kiln_oci::image::media_type::OCI_LAYER,
+        }
+    }
+
+    /// From a layer just written.
+    pub fn of(info: &LayerInfo) -> CachedLayer {
+        CachedLayer {
+            digest: info.digest.clone(),
+            diff_id: info.diff_id.clone(),
+            size: info.size,
+        }
+    }
+}
+
+/// What a step left behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// When the step ran (seconds, nanoseconds): its history entry's time.
+    pub created: (i64, u32),
+    /// The layer it made, if any.
+    pub layer: Option<CachedLayer>,
+}
+
+/// Step records, file digests and the last build's inputs, under one store.
+pub struct StepCache {
+    dir: PathBuf,
+    files: FileDigests,
+    /// Where this build's inputs go for the next `--explain-cache`.
+    explain_file: PathBuf,
+    previous: BTreeMap<String, Inputs>,
+    current: BTreeMap<String, Inputs>,
+}
+
+impl StepCache {
+    /// Opens the cache of the store at `root` for a build identified by `build_id` (the
+    /// context directory, the Dockerfile and the target).
+    pub fn open(root: &Path, build_id: &str) -> StepCache {
+        let dir = root.join("cache");
+        let explain_file = dir
+            .join("explain")
+            .join(Digest::of(build_id.as_bytes()).hex());
+        let previous = std::fs::read(&explain_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        StepCache {
+            files: FileDigests::load(dir.join("files")),
+            dir,
+            explain_file,
+            previous,
+            current: BTreeMap::new(),
+        }
+    }
+
+    fn record_path(&self, key: &Digest) -> PathBuf {
+        self.dir.join("steps").join(key.hex())
+    }
+
+    /// The record for `key`, if there is one whose layer is still in `store`.
+    pub fn lookup(&self, store: &kiln_oci::store::Store, key: &Digest) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path(key)).ok()?;
+        let record: Record = serde_json::from_slice(&bytes).ok()?;
+        if let Some(l) = &record.layer {
+            match store.blob_size(&l.digest) {
+                Ok(size) if size == l.size => {}
+                _ => return None,
+            }
+        }
+        Some(record)
+    }
+
+    /// Remembers what the step with `key` made.
+    pub fn insert(&self, key: &Digest, record: &Record) -> io::Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        write_replacing(&self.record_path(key), &bytes)
+    }
+
+    /// Notes the inputs of the step at `position` (e.g. `build/3`) for the next build's
+    /// explanations.
+    pub fn note(&mut self, position: &str, inputs: &Inputs) {
+        self.current.insert(position.to_owned(), inputs.clone());
+    }
+
+    /// Why the step at `position` with `inputs` has no record: the first input that differs
+    /// from the last build's, in words.
+    pub fn explain_miss(&self, position: &str, inputs: &Inputs) -> String {
+        let Some(before) = self.previous.get(position) else {
+            return "no earlier build of this step".into();
+        };
+        let old: HashMap<&str, &str> = before
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new: HashMap<&str, &str> = inputs
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut changes = Vec::new();
+        for (name, value) in &inputs.0 {
+            match old.get(name.as_str()) {
+                Some(v) if v == value => {}
+                Some(_) => changes.push(describe(name, "changed")),
+                None => changes.push(describe(name, "added")),
+            }
+        }
+        for (name, _) in &before.0 {
+            if !new.contains_key(name.as_str()) {
+                changes.push(describe(name, "removed"));
+            }
+        }
+        // The parent always differs after a change further up; name it only when it is the
+        // sole reason.
+        if changes.len() > 1 {
+            changes.retain(|c| !c.starts_with("an earlier step"));
+        }
+        match changes.len() {
+            0 => "no record (pruned, or the last build did not finish)".into(),
+            1..=3 => changes.join("; "),
+            n => format!("{}; and {} more", changes[..3].join("; "), n - 3),
+        }
+    }
+
+    /// Content digest of a planned entry's bytes (`None` for entries without content).
+    pub fn content_digest(&mut self, p: &Planned, blobs: &Path) -> io::Result<Option<Digest>> {
+        match &p.node.content {
+            Content::None => Ok(None),
+            Content::Bytes(b) => Ok(Some(Digest::of(b))),
+            Content::Path(path) => self.files.of_file(path).map(Some),
+            Content::Slice { file, offset } => self
+                .files
+                .of_slice(file, *offset, p.node.size, file.starts_with(blobs))
+                .map(Some),
+        }
+    }
+
+    /// Content digest of a whole file (an ADD archive).
+    pub fn file_digest(&mut self, path: &Path) -> io::Result<Digest> {
+        self.files.of_file(path)
+    }
+
+    /// Saves file digests and this build's inputs. Failures only cost time later.
+    pub fn finish(&mut self) {
+        self.files.save();
+        if let Ok(bytes) = serde_json::to_vec(&self.current) {
+            let _ = write_replacing(&self.explain_file, &bytes);
+        }
+    }
+}
+
+fn describe(input: &str, how: &str) -> String {
+    if input == "parent" {
+        return "an earlier step changed".into();
+    }
+    if input == "instruction" {
+        return format!("the instruction {how}");
+    }
+    match input.split_once(' ') {
+        Some(("file", path)) => format!("file {path} {how}"),
+        Some(("env", name)) => format!("build arg or env {name} {how}"),
+        Some((kind, what)) => format!("{kind} {what} {how}"),
+        None => format!("{input} {how}"),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Content digests by file identity.
+struct FileDigests {
+    path: PathBuf,
+    map: HashMap<String, Digest>,
+    dirty: bool,
+}
+
+/// Entries kept at most; beyond that the file starts over (it is only a cache).
+const MAX_FILE_DIGESTS: usize = 1 << 20;
+
+impl FileDigests {
+    fn load(path: PathBuf) -> FileDigests {
+        let mut map = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                if let Some((key, digest)) = line.rsplit_once(' ') {
+                    if let Ok(d) = digest.parse::<Digest>() {
+                        map.insert(key.to_owned(), d);
+                    }
+                }
+            }
+        }
+        FileDigests {
+            path,
+            map,
+            dirty: false,
+        }
+    }
+
+    fn of_file(&mut self, path: &Path) -> io::Result<Digest> {
+        let m = std::fs::metadata(path)?;
+        let key = format!(
+            "f {} {} {} {}.{} {}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        if let Some(d) = self.map.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = hash_reader(File::open(path)?)?;
+        self.remember(key, &d);
+        Ok(d)
+    }
+
+    fn of_slice(&mut self, file: &Path, offset: u64, size: u64, keep: bool) -> io::Result<Digest> {
+        // Stored blobs never change, so their name and the range identify the bytes.
+        let key = format!("s {} {offset} {size}", file.display());
+        if let Some(d) = self.map.get(&key) {
+            return Ok(d.clone());
+        }
+        let mut f = File::open(file)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let d = hash_reader(f.take(size))?;
+        if keep {
+            self.remember(key, &d);
+        }
+        Ok(d)
+    }
+
+    fn remember(&mut self, key: String, d: &Digest) {
+        if self.map.len() >= MAX_FILE_DIGESTS {
+            self.map.clear();
+        }
+        self.map.insert(key, d.clone());
+        self.dirty = true;
+    }
+
+    fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let mut text = String::with_capacity(self.map.len() * 120);
+        for (k, d) in &self.map {
+            text.push_str(k);
+            text.push(' ');
+            text.push_str(d.as_str());
+            text.push('\n');
+        }
+        if write_replacing(&self.path, text.as_bytes()).is_ok() {
+            self.dirty = false;
+        }
+    }
+}
+
+fn hash_reader(mut r: impl Read) -> io::Result<Digest> {
+    let mut h = Sha256Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish().0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_every_input_and_its_boundaries() {
+        let parent = Digest::of(b"p");
+        let mut a = Inputs::after(&parent);
+        a.push("instruction", "RUN make");
+        let mut b = Inputs::after(&parent);
+        b.push("instruction", "RUN mak");
+        assert_ne!(a.key(), b.key());
+        // Moving bytes between name and value changes the key.
+        let mut c = Inputs::after(&parent);
+        c.push("instructionR", "UN make");
+        assert_ne!(a.key(), c.key());
+        let mut d = Inputs::after(&Digest::of(b"q"));
+        d.push("instruction", "RUN make");
+        assert_ne!(a.key(), d.key());
+        assert_eq!(a.key(), a.clone().key());
+    }
+
+    #[test]
+    fn a_miss_names_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = Digest::of(b"p");
+        let mut first = Inputs::after(&parent);
+        first.push("instruction", "COPY . /src");
+        first.push("file src/a.js", Digest::of(b"1").to_string());
+        first.push("file src/b.js", Digest::of(b"2").to_string());
+        let mut cache = StepCache::open(dir.path(), "ctx");
+        assert_eq!(
+            cache.explain_miss("s/1", &first),
+            "no earlier build of this step"
+        );
+        cache.note("s/1", &first);
+        cache.finish();
+
+        let cache = StepCache::open(dir.path(), "ctx");
+        let mut second = first.clone();
+        second.0[3].1 = Digest::of(b"3").to_string();
+        assert_eq!(cache.explain_miss("s/1", &second), "file src/b.js changed");
+        let mut third = Inputs::after(&Digest::of(b"other"));
+        third.0.extend(first.0[1..].iter().cloned());
+        assert_eq!(
+            cache.explain_miss("s/1", &third),
+            "an earlier step changed"
+        );
+        third.push("env TOKEN", hidden("x"));
+        assert_eq!(
+            cache.explain_miss("s/1", &third),
+            "build arg or env TOKEN added"
+        );
+        // Another build id has its own history.
+        let other = StepCache::open(dir.path(), "other");
+        assert_eq!(
+            other.explain_miss("s/1", &second),
+            "no earlier build of this step"
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_need_their_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = kiln_oci::store::Store::open(dir.path().join("store")).unwrap();
+        let cache = StepCache::open(store.root(), "b");
+        let (digest, size) = store.put_blob(b"layer bytes").unwrap();
+        let key = Digest::of(b"k");
+        let rec = Record {
+            created: (5, 6),
+            layer: Some(CachedLayer {
+                digest: digest.clone(),
+                diff_id: digest,
+                size,
+            }),
+        };
+        assert!(cache.lookup(&store, &key).is_none());
+        cache.insert(&key, &rec).unwrap();
+        assert_eq!(cache.lookup(&store, &key), Some(rec.clone()));
+        let missing = Record {
+            layer: Some(CachedLayer {
+                digest: Digest::of(b"gone"),
+                diff_id: Digest::of(b"gone"),
+                size: 4,
+            }),
+            ..rec
+        };
+        cache.insert(&key, &missing).unwrap();
+        assert!(cache.lookup(&store, &key).is_none(), "a pruned layer is a miss");
+        std::fs::write(cache.record_path(&key), b"{not json").unwrap();
+        assert!(cache.lookup(&store, &key).is_none(), "a damaged record is a miss");
+    }
+
+    #[test]
+    fn file_digests_follow_content_not_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a");
+        std::fs::write(&f, b"one").unwrap();
+        let mut fd = FileDigests::load(dir.path().join("files"));
+        assert_eq!(fd.of_file(&f).unwrap(), Digest::of(b"one"));
+        fd.save();
+        // Rewritten with the same size: ctime moves, so the digest is recomputed.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, b"two").unwrap();
+        let mut fd = FileDigests::load(dir.path().join("files"));
+        assert_eq!(fd.map.len(), 1, "loaded from disk");
+        assert_eq!(fd.of_file(&f).unwrap(), Digest::of(b"two"));
+    }
+}
