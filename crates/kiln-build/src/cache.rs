@@ -423,10 +423,7 @@ mod tests {
         assert_eq!(cache.explain_miss("s/1", &second), "file src/b.js changed");
         let mut third = Inputs::after(&Digest::of(b"other"));
         third.0.extend(first.0[1..].iter().cloned());
-        assert_eq!(
-            cache.explain_miss("s/1", &third),
-            "an earlier step changed"
-        );
+        assert_eq!(cache.explain_miss("s/1", &third), "an earlier step changed");
         third.push("env TOKEN", hidden("x"));
         assert_eq!(
             cache.explain_miss("s/1", &third),
@@ -467,9 +464,15 @@ mod tests {
             ..rec
         };
         cache.insert(&key, &missing).unwrap();
-        assert!(cache.lookup(&store, &key).is_none(), "a pruned layer is a miss");
+        assert!(
+            cache.lookup(&store, &key).is_none(),
+            "a pruned layer is a miss"
+        );
         std::fs::write(cache.record_path(&key), b"{not json").unwrap();
-        assert!(cache.lookup(&store, &key).is_none(), "a damaged record is a miss");
+        assert!(
+            cache.lookup(&store, &key).is_none(),
+            "a damaged record is a miss"
+        );
     }
 
     #[test]

@@ -433,9 +433,11 @@ impl Ctx<'_> {
         let mut cmd_set_here = false;
         let total = steps.len();
         let no_cache = self.req.no_cache
-            || self.req.no_cache_filter.iter().any(|f| {
-                stage.name.as_deref() == Some(f.as_str()) || *f == index.to_string()
-            });
+            || self
+                .req
+                .no_cache_filter
+                .iter()
+                .any(|f| stage.name.as_deref() == Some(f.as_str()) || *f == index.to_string());
         for (n, ins) in steps.iter().enumerate() {
             if crate::run::interrupted() {
                 return Err(BuildError::Interrupted);

@@ -1,0 +1,407 @@
+//! The build cache: which steps hit, which miss and why (`--explain-cache`), that a rebuild
+//! with nothing changed writes nothing and gives the same image, and that nothing but kiln's
+//! own records can make a hit (no cache poisoning through pulled or loaded images).
+
+mod util;
+
+use std::path::Path;
+use util::unpriv::{unprivileged_user, UnprivUser};
+use util::{kiln_bin, run, TestDir};
+
+/// One build's outcome: the image ID and, per step, "CACHED" or the miss reason.
+struct Outcome {
+    id: String,
+    steps: Vec<String>,
+    stderr: String,
+}
+
+impl Outcome {
+    fn hits(&self) -> usize {
+        self.steps.iter().filter(|s| *s == "CACHED").count()
+    }
+}
+
+fn build_as(user: Option<&UnprivUser>, dir: &Path, store: &Path, extra: &[&str]) -> Outcome {
+    let mut cmd = match user {
+        Some(u) => u.command(kiln_bin()),
+        None => std::process::Command::new(kiln_bin()),
+    };
+    cmd.current_dir(dir)
+        .arg("--root")
+        .arg(store)
+        .args(["build", "--explain-cache", "-t", "app"])
+        .args(extra)
+        .arg("ctx");
+    let (out, _, stderr) = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "kiln build {extra:?} failed:\n{stderr}"
+    );
+    let mut steps = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((_, what)) = rest.split_once(' ') else {
+            continue;
+        };
+        if what == "CACHED" {
+            steps.push("CACHED".to_owned());
+        } else if let Some(reason) = what.strip_prefix("cache miss: ") {
+            steps.push(reason.to_owned());
+        }
+    }
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("writing image "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    Outcome { id, steps, stderr }
+}
+
+fn blob_count(store: &Path) -> usize {
+    std::fs::read_dir(store.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn inspect(store: &Path, image: &str) -> serde_json::Value {
+    let (out, stdout, stderr) = run(std::process::Command::new(kiln_bin())
+        .arg("--root")
+        .arg(store)
+        .args(["inspect", image]));
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_str::<serde_json::Value>(&stdout).unwrap()[0].clone()
+}
+
+const NODE_STYLE: &str = "FROM scratch\n\
+COPY package.json /app/\n\
+COPY src /app/src\n\
+ENV MODE=production\n\
+LABEL team=core\n\
+HEALTHCHECK --interval=30s CMD [\"/check\"]\n\
+ONBUILD COPY . /child\n\
+WORKDIR /app\n";
+
+#[test]
+fn hits_misses_and_why() {
+    let dir = TestDir::new("cache");
+    let store = dir.path().join("store");
+    dir.write("ctx/Dockerfile", NODE_STYLE);
+    dir.write("ctx/package.json", "{\"name\": \"app\"}\n");
+    dir.write("ctx/src/a.js", "a\n");
+    dir.write("ctx/src/b.js", "b\n");
+    let steps = 7;
+
+    let first = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(first.steps.len(), steps, "{}", first.stderr);
+    assert!(
+        first
+            .steps
+            .iter()
+            .all(|s| s == "no earlier build of this step"),
+        "{:?}",
+        first.steps
+    );
+
+    // Nothing changed: every step hits, no blob is written, the image ID is the same.
+    let blobs = blob_count(&store);
+    let again = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(again.hits(), steps, "{}", again.stderr);
+    assert!(!again.stderr.contains(" DONE "), "{}", again.stderr);
+    assert_eq!(again.id, first.id);
+    assert_eq!(blob_count(&store), blobs, "a no-op rebuild writes nothing");
+
+    // A new mtime alone is not a change (content, mode and owner are).
+    let b = dir.path().join("ctx/src/b.js");
+    let f = std::fs::File::options().write(true).open(&b).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(100))
+        .unwrap();
+    drop(f);
+    let touched = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(touched.hits(), steps, "{:?}", touched.steps);
+
+    // One source file: the manifest COPY still hits; the sources COPY names the file; the
+    // steps after it follow.
+    dir.write("ctx/src/b.js", "b2\n");
+    let edited = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(edited.steps[0], "CACHED");
+    assert_eq!(edited.steps[1], "file /app/src/b.js changed");
+    assert!(
+        edited.steps[2..]
+            .iter()
+            .all(|s| s == "an earlier step changed"),
+        "{:?}",
+        edited.steps
+    );
+    assert_ne!(edited.id, first.id);
+
+    // Mode bits are an input.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let chmod = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(chmod.steps[1], "file /app/src/b.js changed");
+    // A new file and a removed one.
+    dir.write("ctx/src/c.js", "c\n");
+    std::fs::remove_file(dir.path().join("ctx/src/a.js")).unwrap();
+    let files = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(
+        files.steps[1],
+        "file /app/src/c.js added; file /app/src/a.js removed"
+    );
+
+    // HEALTHCHECK, ONBUILD and LABEL are part of the key (CVE-2024-24557 was a cache that
+    // ignored them), and the image shows the new values.
+    let before = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(before.hits(), steps);
+    for (old, new, field, value) in [
+        (
+            "--interval=30s",
+            "--interval=31s",
+            "Healthcheck",
+            serde_json::json!(31_000_000_000u64),
+        ),
+        (
+            "ONBUILD COPY . /child",
+            "ONBUILD RUN echo owned",
+            "OnBuild",
+            serde_json::json!(["RUN echo owned"]),
+        ),
+        (
+            "team=core",
+            "team=edge",
+            "Labels",
+            serde_json::json!({"team": "edge"}),
+        ),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join("ctx/Dockerfile")).unwrap();
+        dir.write("ctx/Dockerfile", text.replace(old, new));
+        let out = build_as(None, dir.path(), &store, &[]);
+        let changed = out
+            .steps
+            .iter()
+            .position(|s| s == "the instruction changed")
+            .unwrap_or_else(|| panic!("{new}: {:?}", out.steps));
+        assert!(
+            out.steps[..changed].iter().all(|s| s == "CACHED"),
+            "{new}: {:?}",
+            out.steps
+        );
+        let config = &inspect(&store, "app")["Config"];
+        let got = match field {
+            "Healthcheck" => config["Healthcheck"]["Interval"].clone(),
+            _ => config[field].clone(),
+        };
+        assert_eq!(got, value, "{new}: {config}");
+    }
+
+    // --no-cache runs everything and says so; the next build hits again.
+    let forced = build_as(None, dir.path(), &store, &["--no-cache"]);
+    assert!(
+        forced.steps.iter().all(|s| s == "--no-cache"),
+        "{:?}",
+        forced.steps
+    );
+    assert_eq!(
+        build_as(None, dir.path(), &store, &[]).hits(),
+        steps,
+        "records written under --no-cache are used later"
+    );
+
+    // A damaged record is a miss, not an error.
+    let steps_dir = store.join("cache/steps");
+    for e in std::fs::read_dir(&steps_dir).unwrap() {
+        std::fs::write(e.unwrap().path(), b"{garbage").unwrap();
+    }
+    let damaged = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(damaged.hits(), 0, "{:?}", damaged.steps);
+    assert_eq!(
+        damaged.steps[0],
+        "no record (pruned, or the last build did not finish)"
+    );
+    assert_eq!(build_as(None, dir.path(), &store, &[]).hits(), steps);
+}
+
+#[test]
+fn no_cache_filter_and_stages_chain() {
+    let dir = TestDir::new("cache-stages");
+    let store = dir.path().join("store");
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM scratch AS deps\nCOPY package.json /\n\
+         FROM scratch AS app\nCOPY --from=deps /package.json /deps.json\nCOPY src /src\n",
+    );
+    dir.write("ctx/package.json", "{}\n");
+    dir.write("ctx/src/a", "a\n");
+    let first = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(first.steps.len(), 3, "{}", first.stderr);
+    let filtered = build_as(None, dir.path(), &store, &["--no-cache-filter", "app"]);
+    assert_eq!(
+        filtered.steps,
+        ["CACHED", "--no-cache", "--no-cache"],
+        "{}",
+        filtered.stderr
+    );
+    // The same bytes from a changed stage: COPY --from keys on content, so it still hits.
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM scratch AS deps\nCOPY package.json /\nENV X=1\n\
+         FROM scratch AS app\nCOPY --from=deps /package.json /deps.json\nCOPY src /src\n",
+    );
+    let same_bytes = build_as(None, dir.path(), &store, &[]);
+    assert_eq!(
+        same_bytes.steps[2..],
+        ["CACHED", "CACHED"],
+        "{:?}",
+        same_bytes.steps
+    );
+}
+
+/// An image that claims to be the result of a step is never taken for a cache hit: only
+/// records kiln wrote after running a step count (CVE-2024-24557 was the opposite).
+#[test]
+fn a_loaded_look_alike_image_is_not_a_cache_hit() {
+    let dir = TestDir::new("cache-poison");
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM scratch\nCOPY a /a\nHEALTHCHECK CMD [\"/ok\"]\n",
+    );
+    dir.write("ctx/a", "real\n");
+    let a = dir.path().join("a");
+    build_as(None, dir.path(), &a, &[]);
+    let tar = dir.path().join("app.tar");
+    let (out, _, err) = run(std::process::Command::new(kiln_bin())
+        .arg("--root")
+        .arg(&a)
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg("app"));
+    assert!(out.status.success(), "{err}");
+    let b = dir.path().join("b");
+    let (out, _, err) = run(std::process::Command::new(kiln_bin())
+        .arg("--root")
+        .arg(&b)
+        .args(["load", "-i"])
+        .arg(&tar));
+    assert!(out.status.success(), "{err}");
+    let built = build_as(None, dir.path(), &b, &[]);
+    assert_eq!(built.hits(), 0, "{:?}", built.steps);
+}
+
+/// The node-style Dockerfile with a RUN install step, built rootless: a source edit re-runs
+/// only the last COPY; a manifest edit re-runs the install.
+#[test]
+fn rootless_install_step_reruns_only_when_the_manifest_changes() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    let work = user.scratch_dir("cache-run");
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("genesis")).unwrap();
+    std::fs::copy(rootfs, dir.join("genesis/busybox.tar.xz")).unwrap();
+    std::fs::write(
+        dir.join("genesis/Dockerfile"),
+        "FROM scratch\nADD busybox.tar.xz /\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("ctx/src")).unwrap();
+    std::fs::write(
+        dir.join("ctx/Dockerfile"),
+        "FROM genesis\nWORKDIR /app\nCOPY package.json ./\n\
+         RUN echo installing && cp package.json installed.json && cat /proc/sys/kernel/random/uuid > stamp\n\
+         COPY src ./src\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("ctx/package.json"), "{\"v\": 1}\n").unwrap();
+    std::fs::write(dir.join("ctx/src/index.js"), "1\n").unwrap();
+    user.chown(dir);
+    let store = dir.join("store");
+    let mut cmd = user.command(kiln_bin());
+    cmd.current_dir(dir)
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "-q", "-t", "genesis", "genesis"]);
+    let (out, _, err) = run(&mut cmd);
+    assert!(out.status.success(), "{err}");
+
+    // The RUN's output line, not its command line.
+    let installed = |o: &Outcome| {
+        o.stderr
+            .lines()
+            .any(|l| l.starts_with('#') && l.ends_with(" installing"))
+    };
+    let first = build_as(Some(&user), dir, &store, &[]);
+    assert!(installed(&first), "{}", first.stderr);
+    let stamp = |store: &Path| {
+        util::images::tree(store, "app")["app/stamp"]
+            .content
+            .clone()
+    };
+    let stamp1 = stamp(&store);
+
+    let again = build_as(Some(&user), dir, &store, &[]);
+    assert_eq!(again.hits(), 4, "{}", again.stderr);
+    assert!(!installed(&again), "{}", again.stderr);
+    assert_eq!(again.id, first.id);
+
+    std::fs::write(dir.join("ctx/src/index.js"), "2\n").unwrap();
+    let source = build_as(Some(&user), dir, &store, &[]);
+    assert_eq!(
+        source.steps,
+        [
+            "CACHED",
+            "CACHED",
+            "CACHED",
+            "file /app/src/index.js changed"
+        ],
+        "{}",
+        source.stderr
+    );
+    assert!(!installed(&source), "{}", source.stderr);
+    assert_eq!(stamp(&store), stamp1, "the install layer is reused");
+
+    std::fs::write(dir.join("ctx/package.json"), "{\"v\": 2}\n").unwrap();
+    let manifest = build_as(Some(&user), dir, &store, &[]);
+    assert_eq!(
+        manifest.steps[..2],
+        ["CACHED", "file /app/package.json changed"]
+    );
+    assert_eq!(manifest.steps[2], "an earlier step changed");
+    assert!(installed(&manifest), "{}", manifest.stderr);
+    assert_eq!(
+        util::images::tree(&store, "app")["app/installed.json"].content,
+        b"{\"v\": 2}\n",
+        "the install ran again"
+    );
+
+    // A build arg the RUN sees (HTTP_PROXY is predefined) is an input of the RUN, named in
+    // the explanation but never stored in clear.
+    let with_arg = build_as(
+        Some(&user),
+        dir,
+        &store,
+        &["--build-arg", "HTTP_PROXY=secret-proxy"],
+    );
+    assert_eq!(
+        with_arg.steps,
+        [
+            "CACHED",
+            "CACHED",
+            "build arg or env HTTP_PROXY added",
+            "an earlier step changed"
+        ],
+        "{}",
+        with_arg.stderr
+    );
+    let (out, _, _) = run(std::process::Command::new("grep")
+        .args(["-r", "-l", "secret-proxy"])
+        .arg(store.join("cache")));
+    assert!(
+        !out.status.success(),
+        "the arg's value is not in the cache files"
+    );
+}
