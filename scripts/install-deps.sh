@@ -21,6 +21,7 @@ PACKAGES=(
   python3-jsonschema # validate manifests/configs against the OCI JSON schemas
   docker-registry    # a local distribution registry for push/pull tests
   apache2-utils      # htpasswd -B: bcrypt password file for the registry's basic auth
+  openssl            # certificate and JWT signatures for the token-auth registry test
   busybox-static     # static /bin/busybox for the test root filesystem
   uidmap             # newuidmap/newgidmap for rootless user namespaces
   pigz               # parallel gzip, to compare against kiln's compression

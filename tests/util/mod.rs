@@ -82,5 +82,6 @@ pub mod fixtures;
 pub mod images;
 pub mod podman;
 pub mod registry;
+pub mod token;
 pub mod tools;
 pub mod unpriv;

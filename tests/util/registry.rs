@@ -1,6 +1,7 @@
 //! A local distribution registry (Debian's `docker-registry`, v2.8) on 127.0.0.1 with its
-//! storage in a scratch directory, optionally behind htpasswd basic auth. Plain HTTP: clients
-//! need `--dest-tls-verify=false` / `--tls-verify=false` / kiln's insecure-registry option.
+//! storage in a scratch directory, optionally behind htpasswd basic auth or token auth (with a
+//! token service from [`super::token`]). Plain HTTP: clients need `--dest-tls-verify=false` /
+//! `--tls-verify=false` / kiln's insecure-registry option.
 //!
 //! ```ignore
 //! let Some(reg) = Registry::start() else { return };
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::token::{self, TokenIssuer};
 use super::tools::{
     assert_success, output, reap_stale_fixtures, require, require_tool, signal, tail, which,
     TempRoot, SIGKILL, SIGTERM,
@@ -26,37 +28,80 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Registry {
     child: Child,
+    token: Option<TokenIssuer>,
     root: TempRoot,
     port: u16,
     creds: Option<(String, String)>,
 }
 
+/// How the registry checks clients.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthKind {
+    Open,
+    Htpasswd,
+    Token,
+}
+
 impl Registry {
     /// An open registry (anyone may push and pull). None when the test should be skipped.
     pub fn start() -> Option<Registry> {
-        Self::start_inner(None)
+        Self::start_inner(AuthKind::Open, None)
     }
 
     /// A registry that demands basic auth for every request, with one account.
     pub fn with_auth(user: &str, password: &str) -> Option<Registry> {
-        Self::start_inner(Some((user.to_string(), password.to_string())))
+        Self::start_inner(
+            AuthKind::Htpasswd,
+            Some((user.to_string(), password.to_string())),
+        )
     }
 
-    fn start_inner(creds: Option<(String, String)>) -> Option<Registry> {
+    /// A registry with the distribution token auth: it trusts JWTs from a token service in
+    /// this process ([`Registry::token_issuer`]) that knows one account and gives anonymous
+    /// clients tokens without access.
+    pub fn with_token_auth(user: &str, password: &str) -> Option<Registry> {
+        Self::start_inner(
+            AuthKind::Token,
+            Some((user.to_string(), password.to_string())),
+        )
+    }
+
+    fn start_inner(kind: AuthKind, creds: Option<(String, String)>) -> Option<Registry> {
         if !require_tool(REGISTRY_BIN) {
             return None;
         }
         reap_stale_fixtures();
         let root = TempRoot::new("registry");
-        if let Some((user, password)) = &creds {
-            let line = htpasswd_line(user, password)?;
-            std::fs::write(root.join("htpasswd"), line).expect("write htpasswd");
-        }
+        let mut token = None;
+        let auth_section = match (kind, &creds) {
+            (AuthKind::Htpasswd, Some((user, password))) => {
+                let line = htpasswd_line(user, password)?;
+                std::fs::write(root.join("htpasswd"), line).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    root.join("htpasswd").display()
+                )
+            }
+            (AuthKind::Token, Some((user, password))) => {
+                let issuer = TokenIssuer::start(root.path(), user, password)?;
+                let section = format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                     rootcertbundle: {}\n",
+                    issuer.realm(),
+                    token::SERVICE,
+                    token::ISSUER,
+                    issuer.cert().display()
+                );
+                token = Some(issuer);
+                section
+            }
+            _ => String::new(),
+        };
         // The free port is found by binding port 0 and releasing it, so another process can
         // take it in between: retry with a new port if the registry cannot listen.
         for _ in 0..3 {
             let port = free_port();
-            write_config(&root, port, creds.is_some());
+            write_config(&root, port, &auth_section);
             let log = File::create(root.join("registry.log")).expect("create registry log");
             let mut child = Command::new(which(REGISTRY_BIN).expect("registry binary"))
                 .arg("serve")
@@ -69,6 +114,7 @@ impl Registry {
             if wait_ready(&mut child, port) {
                 return Some(Registry {
                     child,
+                    token,
                     root,
                     port,
                     creds,
@@ -100,7 +146,12 @@ impl Registry {
         format!("{}/{name}", self.addr())
     }
 
-    /// The account of a `with_auth` registry.
+    /// The token service of a `with_token_auth` registry.
+    pub fn token_issuer(&self) -> Option<&TokenIssuer> {
+        self.token.as_ref()
+    }
+
+    /// The account of a `with_auth` or `with_token_auth` registry.
     pub fn creds(&self) -> Option<(&str, &str)> {
         self.creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
@@ -144,7 +195,8 @@ impl Registry {
     }
 
     /// HTTP status of `GET path` (e.g. "/v2/_catalog"), with basic auth when the registry
-    /// has an account. None if the connection fails.
+    /// has an account (a token-auth registry answers 401 to that). None if the connection
+    /// fails.
     pub fn get_status(&self, path: &str) -> Option<u16> {
         let auth = self
             .creds
@@ -198,7 +250,8 @@ fn stop_child(child: &mut Child) {
     }
 }
 
-fn write_config(root: &TempRoot, port: u16, auth: bool) {
+/// `auth` is the config's `auth:` section, empty for an open registry.
+fn write_config(root: &TempRoot, port: u16, auth: &str) {
     let mut cfg = format!(
         "version: 0.1\n\
          log:\n  level: warn\n  accesslog:\n    disabled: false\n\
@@ -206,12 +259,7 @@ fn write_config(root: &TempRoot, port: u16, auth: bool) {
          http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-not-secret\n",
         data = root.join("data").display()
     );
-    if auth {
-        cfg.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-            root.join("htpasswd").display()
-        ));
-    }
+    cfg.push_str(auth);
     std::fs::write(root.join("config.yml"), cfg).expect("write registry config");
 }
 

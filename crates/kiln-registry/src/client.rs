@@ -279,6 +279,16 @@ impl Client {
         let image = t.image.to_owned();
         let host = t.domain.to_owned();
         Err(match status {
+            // Token registries answer a valid token that lacks the scope with 401, not 403.
+            // With credentials that means the account lacks the rights (the token service
+            // already accepted the password); without, logging in is still the answer.
+            401 if self.credentials.contains_key(t.domain) && insufficient_scope(&resp) => {
+                RegistryError::Denied {
+                    image,
+                    host,
+                    access: t.access(),
+                }
+            }
             401 => RegistryError::Unauthorized {
                 hint: self.unauthorized_hint(t.domain),
                 image,
@@ -455,6 +465,17 @@ impl Client {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| protocol("token response has no token".to_owned()))
     }
+}
+
+/// True when a 401 carries a Bearer challenge with `error="insufficient_scope"`: the token was
+/// valid but did not grant what the request needs (RFC 6750 section 3.1).
+fn insufficient_scope(resp: &Response<Body>) -> bool {
+    resp.headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(parse_challenges)
+        .any(|c| c.scheme == "bearer" && c.param("error") == Some("insufficient_scope"))
 }
 
 /// Retries `call` on connection errors only (used where auth handling must not recurse).

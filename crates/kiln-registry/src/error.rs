@@ -15,7 +15,8 @@ pub enum RegistryError {
         /// What to do next.
         hint: String,
     },
-    /// The credentials were accepted but do not grant this access (403).
+    /// The credentials were accepted but do not grant this access (403, or a token registry's
+    /// 401 with `error="insufficient_scope"`).
     #[error(
         "{image}: access denied by {host}: the account may lack {access} rights on this \
          repository; check the repository name or log in with another account (kiln login {host})"

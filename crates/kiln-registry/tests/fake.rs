@@ -367,6 +367,51 @@ fn bearer_token_flow_sends_basic_credentials_to_the_realm() {
     );
 }
 
+/// A token registry whose token service accepts anyone but grants nothing: every request
+/// with a token gets distribution's insufficient-scope answer.
+fn scopeless_token_server() -> FakeServer {
+    let port_cell: Arc<Mutex<u16>> = Arc::new(Mutex::new(0));
+    let port_for_handler = port_cell.clone();
+    let server = FakeServer::start(Arc::new(move |r: &Req| {
+        if r.path() == "/token" {
+            return resp(200, r#"{"token":"empty-token"}"#);
+        }
+        let port = port_for_handler.lock().map(|p| *p).unwrap_or(0);
+        let mut challenge = format!(
+            r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake",scope="repository:img:pull""#
+        );
+        if r.header("authorization").is_some() {
+            challenge.push_str(r#",error="insufficient_scope""#);
+        }
+        resp(401, r#"{"errors":[{"code":"DENIED"}]}"#).with("WWW-Authenticate", &challenge)
+    }));
+    if let Ok(mut p) = port_cell.lock() {
+        *p = server.port;
+    }
+    server
+}
+
+#[test]
+fn insufficient_scope_with_credentials_is_a_denial_not_a_bad_password() {
+    let server = scopeless_token_server();
+    let reference = Reference::parse(&format!("{}/img:1", server.addr())).expect("reference");
+    let (_d, store) = empty_store();
+    let err = fast_client()
+        .with_credentials(&server.addr(), Credentials::new("user", "pass"))
+        .pull(&store, &reference, &amd64())
+        .expect_err("no pull rights");
+    assert!(
+        matches!(err, RegistryError::Denied { access: "pull", .. }),
+        "{err:?}"
+    );
+    // Without credentials the same answer still means "log in".
+    let err = fast_client()
+        .pull(&store, &reference, &amd64())
+        .expect_err("anonymous");
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("kiln login"), "{err}");
+}
+
 #[test]
 fn server_errors_are_retried_then_reported() {
     let content = Arc::new(Content::new());
