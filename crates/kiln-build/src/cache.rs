@@ -29,6 +29,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Changes whenever keys would mean something else, so old records simply stop matching.
 const KEY_VERSION: &str = "kiln-step-cache-v1";
@@ -124,14 +125,15 @@ pub struct Record {
     pub layer: Option<CachedLayer>,
 }
 
-/// Step records, file digests and the last build's inputs, under one store.
+/// Step records, file digests and the last build's inputs, under one store. Shared by the
+/// stages of a build that run at once.
 pub struct StepCache {
     dir: PathBuf,
-    files: FileDigests,
+    files: Mutex<FileDigests>,
     /// Where this build's inputs go for the next `--explain-cache`.
     explain_file: PathBuf,
     previous: BTreeMap<String, Inputs>,
-    current: BTreeMap<String, Inputs>,
+    current: Mutex<BTreeMap<String, Inputs>>,
 }
 
 impl StepCache {
@@ -147,11 +149,11 @@ impl StepCache {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         StepCache {
-            files: FileDigests::load(dir.join("files")),
+            files: Mutex::new(FileDigests::load(dir.join("files"))),
             dir,
             explain_file,
             previous,
-            current: BTreeMap::new(),
+            current: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -180,8 +182,10 @@ impl StepCache {
 
     /// Notes the inputs of the step at `position` (e.g. `build/3`) for the next build's
     /// explanations.
-    pub fn note(&mut self, position: &str, inputs: &Inputs) {
-        self.current.insert(position.to_owned(), inputs.clone());
+    pub fn note(&self, position: &str, inputs: &Inputs) {
+        if let Ok(mut current) = self.current.lock() {
+            current.insert(position.to_owned(), inputs.clone());
+        }
     }
 
     /// Why the step at `position` with `inputs` has no record: the first input that differs
@@ -226,27 +230,62 @@ impl StepCache {
     }
 
     /// Content digest of a planned entry's bytes (`None` for entries without content).
-    pub fn content_digest(&mut self, p: &Planned, blobs: &Path) -> io::Result<Option<Digest>> {
+    pub fn content_digest(&self, p: &Planned, blobs: &Path) -> io::Result<Option<Digest>> {
         match &p.node.content {
             Content::None => Ok(None),
             Content::Bytes(b) => Ok(Some(Digest::of(b))),
-            Content::Path(path) => self.files.of_file(path).map(Some),
-            Content::Slice { file, offset } => self
-                .files
-                .of_slice(file, *offset, p.node.size, file.starts_with(blobs))
-                .map(Some),
+            Content::Path(path) => {
+                let key = FileDigests::file_key(path)?;
+                self.memoized(key, || hash_reader(File::open(path)?))
+                    .map(Some)
+            }
+            Content::Slice { file, offset } => {
+                // Stored blobs never change, so their name and the range identify the bytes;
+                // other tar files (a decompressed ADD archive) are temporary.
+                let key = format!("s {} {offset} {}", file.display(), p.node.size);
+                let read = || {
+                    let mut f = File::open(file)?;
+                    f.seek(SeekFrom::Start(*offset))?;
+                    hash_reader(f.take(p.node.size))
+                };
+                if file.starts_with(blobs) {
+                    self.memoized(key, read).map(Some)
+                } else {
+                    read().map(Some)
+                }
+            }
         }
     }
 
-    /// Content digest of a whole file (an ADD archive).
-    pub fn file_digest(&mut self, path: &Path) -> io::Result<Digest> {
-        self.files.of_file(path)
+    /// The digest remembered under `key`, else `compute`'s (remembered), without holding the
+    /// lock while hashing.
+    fn memoized(
+        &self,
+        key: String,
+        compute: impl FnOnce() -> io::Result<Digest>,
+    ) -> io::Result<Digest> {
+        if let Some(d) = self
+            .files
+            .lock()
+            .ok()
+            .and_then(|f| f.map.get(&key).cloned())
+        {
+            return Ok(d);
+        }
+        let d = compute()?;
+        if let Ok(mut f) = self.files.lock() {
+            f.remember(key, &d);
+        }
+        Ok(d)
     }
 
     /// Saves file digests and this build's inputs. Failures only cost time later.
-    pub fn finish(&mut self) {
-        self.files.save();
-        if let Ok(bytes) = serde_json::to_vec(&self.current) {
+    pub fn finish(&self) {
+        if let Ok(mut f) = self.files.lock() {
+            f.save();
+        }
+        let current = self.current.lock().map(|c| c.clone()).unwrap_or_default();
+        if let Ok(bytes) = serde_json::to_vec(&current) {
             let _ = write_replacing(&self.explain_file, &bytes);
         }
     }
@@ -306,9 +345,10 @@ impl FileDigests {
         }
     }
 
-    fn of_file(&mut self, path: &Path) -> io::Result<Digest> {
+    /// A context file's identity: (device, inode, size, mtime, ctime). Any write moves ctime.
+    fn file_key(path: &Path) -> io::Result<String> {
         let m = std::fs::metadata(path)?;
-        let key = format!(
+        Ok(format!(
             "f {} {} {} {}.{} {}.{}",
             m.dev(),
             m.ino(),
@@ -317,28 +357,7 @@ impl FileDigests {
             m.mtime_nsec(),
             m.ctime(),
             m.ctime_nsec()
-        );
-        if let Some(d) = self.map.get(&key) {
-            return Ok(d.clone());
-        }
-        let d = hash_reader(File::open(path)?)?;
-        self.remember(key, &d);
-        Ok(d)
-    }
-
-    fn of_slice(&mut self, file: &Path, offset: u64, size: u64, keep: bool) -> io::Result<Digest> {
-        // Stored blobs never change, so their name and the range identify the bytes.
-        let key = format!("s {} {offset} {size}", file.display());
-        if let Some(d) = self.map.get(&key) {
-            return Ok(d.clone());
-        }
-        let mut f = File::open(file)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let d = hash_reader(f.take(size))?;
-        if keep {
-            self.remember(key, &d);
-        }
-        Ok(d)
+        ))
     }
 
     fn remember(&mut self, key: String, d: &Digest) {
@@ -409,7 +428,7 @@ mod tests {
         first.push("instruction", "COPY . /src");
         first.push("file src/a.js", Digest::of(b"1").to_string());
         first.push("file src/b.js", Digest::of(b"2").to_string());
-        let mut cache = StepCache::open(dir.path(), "ctx");
+        let cache = StepCache::open(dir.path(), "ctx");
         assert_eq!(
             cache.explain_miss("s/1", &first),
             "no earlier build of this step"
@@ -480,14 +499,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a");
         std::fs::write(&f, b"one").unwrap();
-        let mut fd = FileDigests::load(dir.path().join("files"));
-        assert_eq!(fd.of_file(&f).unwrap(), Digest::of(b"one"));
-        fd.save();
+        let planned = |path: &Path| Planned {
+            path: "a".into(),
+            node: crate::copy::SrcNode {
+                content: Content::Path(path.to_path_buf()),
+                ..crate::copy::SrcNode::dir(0o644, 0, 0, (0, 0))
+            },
+        };
+        let blobs = dir.path().join("blobs");
+        let cache = StepCache::open(dir.path(), "b");
+        let d = |c: &StepCache| c.content_digest(&planned(&f), &blobs).unwrap().unwrap();
+        assert_eq!(d(&cache), Digest::of(b"one"));
+        cache.finish();
         // Rewritten with the same size: ctime moves, so the digest is recomputed.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&f, b"two").unwrap();
-        let mut fd = FileDigests::load(dir.path().join("files"));
-        assert_eq!(fd.map.len(), 1, "loaded from disk");
-        assert_eq!(fd.of_file(&f).unwrap(), Digest::of(b"two"));
+        let cache = StepCache::open(dir.path(), "b");
+        assert_eq!(cache.files.lock().unwrap().map.len(), 1, "loaded from disk");
+        assert_eq!(d(&cache), Digest::of(b"two"));
     }
 }

@@ -20,6 +20,8 @@ use kiln_oci::reference::Reference;
 use kiln_oci::store::Store;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// What to build.
@@ -51,6 +53,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// `--no-cache-filter`: stages (by name or index) whose steps always run.
     pub no_cache_filter: Vec<String>,
+    /// `--jobs`: stages built at once (0: one per CPU).
+    pub jobs: usize,
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -82,6 +86,7 @@ impl BuildRequest {
             credentials: Vec::new(),
             no_cache: false,
             no_cache_filter: Vec::new(),
+            jobs: 0,
         }
     }
 }
@@ -99,11 +104,14 @@ pub struct Built {
     pub warnings: Vec<String>,
 }
 
-/// Progress of a build, for the CLI to show.
+/// Progress of a build, for the CLI to show. Stages may run concurrently, so every event of
+/// a step carries the step's `id` (1, 2, ... in the order steps start).
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
     /// A step starts: `[stage step/total] text`.
     Step {
+        /// The step's id.
+        id: usize,
         /// Stage label with a trailing space (`build `, `stage-1 `), or empty for a lone
         /// unnamed stage.
         stage: &'a str,
@@ -116,24 +124,35 @@ pub enum Event<'a> {
     },
     /// Whether the current step's result came from the cache; for a miss, why not.
     Cache {
+        /// The step's id.
+        id: usize,
         /// Found in the cache: the step does no work.
         hit: bool,
         /// For a miss, the input that changed since the last build (or `--no-cache`).
         reason: Option<&'a str>,
     },
     /// A line of a RUN step's output.
-    Output(&'a str),
-    /// The current step finished.
+    Output {
+        /// The step's id.
+        id: usize,
+        /// The line.
+        line: &'a str,
+    },
+    /// A step finished.
     Done {
+        /// The step's id.
+        id: usize,
         /// How long it took.
         elapsed: Duration,
+        /// It came from the cache.
+        cached: bool,
     },
     /// Something the user should know.
     Warning(&'a str),
 }
 
-/// Receives [`Event`]s.
-pub trait Progress {
+/// Receives [`Event`]s (from one thread at a time).
+pub trait Progress: Send {
     /// One event.
     fn event(&mut self, event: Event);
 }
@@ -194,6 +213,64 @@ pub fn build(
     req: &BuildRequest,
     progress: &mut dyn Progress,
 ) -> Result<Built, BuildError> {
+    build_with(store, req, progress)
+}
+
+/// Where a stage's steps report: the build's one progress sink and step numbering.
+struct StageProgress<'p, 'q> {
+    sink: &'p Mutex<&'q mut dyn Progress>,
+    ids: &'p AtomicUsize,
+    id: usize,
+}
+
+impl StageProgress<'_, '_> {
+    fn send(&self, e: Event) {
+        if let Ok(mut p) = self.sink.lock() {
+            p.event(e);
+        }
+    }
+
+    fn step(&mut self, stage: &str, step: usize, total: usize, text: &str) {
+        self.id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
+        self.send(Event::Step {
+            id: self.id,
+            stage,
+            step,
+            total,
+            text,
+        });
+    }
+
+    fn cache(&self, hit: bool, reason: Option<&str>) {
+        self.send(Event::Cache {
+            id: self.id,
+            hit,
+            reason,
+        });
+    }
+
+    fn output(&self, line: &str) {
+        self.send(Event::Output { id: self.id, line });
+    }
+
+    fn done(&self, elapsed: Duration, cached: bool) {
+        self.send(Event::Done {
+            id: self.id,
+            elapsed,
+            cached,
+        });
+    }
+
+    fn warning(&self, w: &str) {
+        self.send(Event::Warning(w));
+    }
+}
+
+fn build_with(
+    store: &Store,
+    req: &BuildRequest,
+    progress: &mut dyn Progress,
+) -> Result<Built, BuildError> {
     let df = Dockerfile::parse(&req.dockerfile).map_err(BuildError::Dockerfile)?;
     let plan = df.plan(&req.options)?;
     // Blobs written before the tag lands are unreachable; the shared lock keeps `prune` (which
@@ -218,55 +295,110 @@ pub fn build(
             (d.as_secs() as i64, d.subsec_nanos())
         }
     };
-    let mut ctx = Ctx {
-        store,
-        req,
-        df: &df,
-        now,
-        step_now: now,
-        context: None,
-        stages: BTreeMap::new(),
-        stage_keys: BTreeMap::new(),
-        tmp: store.root().join("tmp"),
-        snapshots: None,
-        cache: StepCache::open(store.root(), &build_id(req, &df, plan.target)),
-    };
+    let cache = StepCache::open(store.root(), &build_id(req, &df, plan.target));
+    let context = Mutex::new(None);
+    let snapshots = Mutex::new(None);
+    let sink = Mutex::new(progress);
+    let ids = AtomicUsize::new(0);
+    let mut stages: BTreeMap<usize, ImageState> = BTreeMap::new();
+    let mut stage_keys: BTreeMap<usize, Digest> = BTreeMap::new();
+
+    // Every base image is pulled and loaded once, however many stages start from it.
+    let mut bases: BTreeMap<&str, (ImageState, Digest)> = BTreeMap::new();
     for &index in &plan.order {
-        let stage = &df.stages[index];
-        let (base, base_key) = match &plan.stages[index].base {
-            Source::Scratch => {
-                let p = &req.options.target_platform;
-                (
-                    ImageState::scratch(p),
-                    cache::base_key("scratch", &[p.to_string().as_bytes()]),
-                )
+        if let Source::Image(name) = &plan.stages[index].base {
+            if bases.contains_key(name.as_str()) {
+                continue;
             }
-            Source::Stage(i) => (ctx.stages[i].clone(), ctx.stage_keys[i].clone()),
-            Source::Image(name) => {
-                let state = ensure_pulled(store, req, name)
-                    .and_then(|()| image::load(store, name))
-                    .map_err(|e| BuildError::Step {
-                        span: stage.from_span,
-                        message: e.to_string(),
-                        help: e.help(),
-                    })?;
-                let key = state.content_key()?;
-                (state, key)
-            }
-        };
-        // BuildKit's labels: the stage name, `stage-N` when unnamed, nothing for a lone stage.
-        let label = match (&stage.name, df.stages.len()) {
-            (Some(n), _) => format!("{n} "),
-            (None, 1) => String::new(),
-            (None, _) => format!("stage-{index} "),
-        };
-        let (state, key) =
-            ctx.run_stage(index, base, base_key, &plan.global_args, &label, progress)?;
-        ctx.stages.insert(index, state);
-        ctx.stage_keys.insert(index, key);
+            let state = ensure_pulled(store, req, name)
+                .and_then(|()| image::load(store, name))
+                .map_err(|e| BuildError::Step {
+                    span: df.stages[index].from_span,
+                    message: e.to_string(),
+                    help: e.help(),
+                })?;
+            let key = state.content_key()?;
+            bases.insert(name, (state, key));
+        }
     }
-    ctx.cache.finish();
-    let mut last = ctx.stages.remove(&plan.target).expect("target built");
+
+    // Stages of one wave depend only on earlier waves: up to `jobs` of them run at once.
+    let jobs = match req.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    for wave in plan.waves() {
+        for chunk in wave.chunks(jobs) {
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|&index| {
+                        let (base, base_key) = match &plan.stages[index].base {
+                            Source::Scratch => {
+                                let p = &req.options.target_platform;
+                                (
+                                    ImageState::scratch(p),
+                                    cache::base_key("scratch", &[p.to_string().as_bytes()]),
+                                )
+                            }
+                            Source::Stage(i) => (stages[i].clone(), stage_keys[i].clone()),
+                            Source::Image(name) => bases[name.as_str()].clone(),
+                        };
+                        // The finished stages this one may COPY --from.
+                        let needed = plan.stages[index]
+                            .deps
+                            .iter()
+                            .filter_map(|d| match d.source {
+                                Source::Stage(i) => Some((i, stages[&i].clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        let mut ctx = Ctx {
+                            store,
+                            req,
+                            df: &df,
+                            now,
+                            step_now: now,
+                            context: &context,
+                            stages: needed,
+                            tmp: store.root().join("tmp"),
+                            snapshots: &snapshots,
+                            cache: &cache,
+                        };
+                        let mut progress = StageProgress {
+                            sink: &sink,
+                            ids: &ids,
+                            id: 0,
+                        };
+                        let globals = &plan.global_args;
+                        scope.spawn(move || {
+                            let stage = &ctx.df.stages[index];
+                            // BuildKit's labels: the stage name, `stage-N` when unnamed,
+                            // nothing for a lone stage.
+                            let label = match (&stage.name, ctx.df.stages.len()) {
+                                (Some(n), _) => format!("{n} "),
+                                (None, 1) => String::new(),
+                                (None, _) => format!("stage-{index} "),
+                            };
+                            ctx.run_stage(index, base, base_key, globals, &label, &mut progress)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+            for (&index, result) in chunk.iter().zip(results) {
+                let (state, key) = result.map_err(|_| BuildError::Step {
+                    span: df.stages[index].from_span,
+                    message: "the stage's worker thread panicked".into(),
+                    help: None,
+                })??;
+                stages.insert(index, state);
+                stage_keys.insert(index, key);
+            }
+        }
+    }
+    cache.finish();
+    let mut last = stages.remove(&plan.target).expect("target built");
     for (k, v) in &req.labels {
         last.config.labels_mut().insert(k.clone(), v.clone());
     }
@@ -371,6 +503,7 @@ fn build_id(req: &BuildRequest, df: &Dockerfile, target: usize) -> String {
     )
 }
 
+/// One stage's build: its own view of the stages it reads, and what all stages share.
 struct Ctx<'a> {
     store: &'a Store,
     req: &'a BuildRequest,
@@ -378,13 +511,13 @@ struct Ctx<'a> {
     now: (i64, u32),
     /// The time of the current step's history entry: now, or when a cached step first ran.
     step_now: (i64, u32),
-    context: Option<SourceTree>,
+    /// The build context, read once by the first stage that needs it.
+    context: &'a Mutex<Option<SourceTree>>,
+    /// Finished stages this one reads (and images it COPYs from).
     stages: BTreeMap<usize, ImageState>,
-    /// Cache key of each finished stage (of its last step).
-    stage_keys: BTreeMap<usize, Digest>,
     tmp: PathBuf,
-    snapshots: Option<kiln_snapshot::snapshots::Snapshots>,
-    cache: StepCache,
+    snapshots: &'a Mutex<Option<Arc<kiln_snapshot::snapshots::Snapshots>>>,
+    cache: &'a StepCache,
 }
 
 /// What a step needs before the cache is asked: its inputs, and for COPY/ADD the planned
@@ -402,7 +535,7 @@ impl Ctx<'_> {
         mut key: Digest,
         globals: &[(String, String)],
         label: &str,
-        progress: &mut dyn Progress,
+        progress: &mut StageProgress,
     ) -> Result<(ImageState, Digest), BuildError> {
         let stage = &self.df.stages[index];
         let base_env = state.config.env_pairs();
@@ -442,12 +575,7 @@ impl Ctx<'_> {
             if crate::run::interrupted() {
                 return Err(BuildError::Interrupted);
             }
-            progress.event(Event::Step {
-                stage: label,
-                step: n + 1,
-                total,
-                text: ins.original.trim(),
-            });
+            progress.step(label, n + 1, total, ins.original.trim());
             let started = Instant::now();
             let (ex, _) = scope.step(ins)?;
             let prepared = self.prepare(&mut state, &scope, &ex, &key)?;
@@ -463,10 +591,7 @@ impl Ctx<'_> {
                 (None, true) => Some("--no-cache".to_owned()),
                 (None, false) => Some(self.cache.explain_miss(&position, &prepared.inputs)),
             };
-            progress.event(Event::Cache {
-                hit: cached.is_some(),
-                reason: reason.as_deref(),
-            });
+            progress.cache(cached.is_some(), reason.as_deref());
             self.step_now = cached.as_ref().map_or(self.now, |r| r.created);
             let made = self.apply(
                 &mut state,
@@ -484,16 +609,14 @@ impl Ctx<'_> {
                 };
                 // A record that cannot be written only costs the next build time.
                 if let Err(e) = self.cache.insert(&new_key, &record) {
-                    progress.event(Event::Warning(&format!(
+                    progress.warning(&format!(
                         "could not record the step in the build cache: {e}"
-                    )));
+                    ));
                 }
             }
             self.cache.note(&position, &prepared.inputs);
             key = new_key;
-            progress.event(Event::Done {
-                elapsed: started.elapsed(),
-            });
+            progress.done(started.elapsed(), cached.is_some());
         }
         Ok((state, key))
     }
@@ -570,7 +693,7 @@ impl Ctx<'_> {
         scope: &Scope,
         ins: &Instruction,
         cmd_set_here: &mut bool,
-        progress: &mut dyn Progress,
+        progress: &mut StageProgress,
         planned: Option<Vec<Planned>>,
         cached: Option<&Record>,
     ) -> Result<Option<LayerInfo>, BuildError> {
@@ -727,14 +850,25 @@ impl Ctx<'_> {
         ins: &Instruction,
         r: &kiln_dockerfile::instructions::RunCmd,
         created_by: &str,
-        progress: &mut dyn Progress,
+        progress: &mut StageProgress,
     ) -> Result<Option<LayerInfo>, BuildError> {
-        if self.snapshots.is_none() {
-            let s = kiln_snapshot::snapshots::Snapshots::open_detected(self.store.root())
-                .map_err(|e| BuildError::step(ins, format!("opening the snapshot store: {e}")))?;
-            self.snapshots = Some(s);
-        }
-        let snapshots = self.snapshots.as_ref().expect("just opened");
+        let snapshots = {
+            let mut cell = self
+                .snapshots
+                .lock()
+                .map_err(|_| BuildError::step(ins, "the snapshot store lock is poisoned"))?;
+            match &*cell {
+                Some(s) => s.clone(),
+                None => {
+                    let s = kiln_snapshot::snapshots::Snapshots::open_detected(self.store.root())
+                        .map_err(|e| {
+                        BuildError::step(ins, format!("opening the snapshot store: {e}"))
+                    })?;
+                    cell.insert(Arc::new(s)).clone()
+                }
+            }
+        };
+        let snapshots = snapshots.as_ref();
         let expand = |s: &str| scope.expand(s).unwrap_or_else(|_| s.to_string());
         let default_network = match self.req.network {
             kiln_dockerfile::instructions::NetworkMode::None => kiln_sandbox::run::Network::None,
@@ -747,7 +881,7 @@ impl Ctx<'_> {
             default_network,
             source_date_epoch: self.req.source_date_epoch,
         };
-        let mut emit = |line: &str| progress.event(Event::Output(line));
+        let mut emit = |line: &str| progress.output(line);
         let result =
             crate::run::run_step(self.store, snapshots, state, &step, &mut emit).map_err(|e| {
                 match e {
@@ -832,17 +966,23 @@ impl Ctx<'_> {
             .map_err(|e| BuildError::step(ins, e.to_string()))
     }
 
-    fn context(&mut self) -> Result<&SourceTree, BuildError> {
-        if self.context.is_none() {
-            let (patterns, _) = kiln_context::walk::load_ignore(
-                &self.req.context,
-                self.req.dockerfile_path.as_deref(),
-            )?;
-            let matcher =
-                Matcher::new(&patterns).map_err(kiln_context::walk::ContextError::from)?;
-            self.context = Some(context_tree(&self.req.context, &matcher)?);
+    /// The build context as a COPY source, read on first use by any stage.
+    fn context(&self) -> Result<SourceTree, BuildError> {
+        let mut cell = self.context.lock().map_err(|_| {
+            BuildError::Image(ImageError::Unsupported(
+                "the build context lock is poisoned".into(),
+            ))
+        })?;
+        if let Some(tree) = &*cell {
+            return Ok(tree.clone());
         }
-        Ok(self.context.as_ref().expect("just set"))
+        let (patterns, _) = kiln_context::walk::load_ignore(
+            &self.req.context,
+            self.req.dockerfile_path.as_deref(),
+        )?;
+        let matcher = Matcher::new(&patterns).map_err(kiln_context::walk::ContextError::from)?;
+        let tree = context_tree(&self.req.context, &matcher)?;
+        Ok(cell.insert(tree).clone())
     }
 
     fn plan_copy(
@@ -944,7 +1084,7 @@ impl Ctx<'_> {
         }
 
         // From the context; ADD extracts local archives.
-        let context = self.context()?.clone();
+        let context = self.context()?;
         if cp.is_add && cp.unpack != Some(false) {
             let mut archives = Vec::new();
             for s in &cp.sources {

@@ -78,6 +78,16 @@ pub struct Args {
     #[arg(long)]
     pub explain_cache: bool,
 
+    /// Stages built at once when they do not depend on each other (default: one per CPU).
+    #[arg(
+        long,
+        short = 'j',
+        value_name = "N",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    pub jobs: usize,
+
     /// Print only the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -90,10 +100,8 @@ pub struct Args {
 /// Plain progress, BuildKit style: `#3 [build 2/4] COPY . /src` then `#3 DONE 0.1s` (or
 /// `#3 CACHED`).
 struct Plain {
-    n: usize,
     quiet: bool,
     explain: bool,
-    cached: bool,
 }
 
 impl Progress for Plain {
@@ -104,12 +112,12 @@ impl Progress for Plain {
         let mut err = std::io::stderr().lock();
         let _ = match e {
             Event::Step {
+                id,
                 stage,
                 step,
                 total,
                 text,
             } => {
-                self.n += 1;
                 let one_line: String = text
                     .lines()
                     .next()
@@ -117,19 +125,16 @@ impl Progress for Plain {
                     .chars()
                     .take(120)
                     .collect();
-                writeln!(err, "#{} [{stage}{step}/{total}] {one_line}", self.n)
+                writeln!(err, "#{id} [{stage}{step}/{total}] {one_line}")
             }
-            Event::Cache { hit, reason } => {
-                self.cached = hit;
-                match reason {
-                    Some(r) if self.explain => writeln!(err, "#{} cache miss: {r}", self.n),
-                    _ => Ok(()),
-                }
-            }
-            Event::Output(line) => writeln!(err, "#{} {line}", self.n),
-            Event::Done { .. } if self.cached => writeln!(err, "#{} CACHED", self.n),
-            Event::Done { elapsed } => {
-                writeln!(err, "#{} DONE {:.1}s", self.n, elapsed.as_secs_f64())
+            Event::Cache { id, reason, .. } => match reason {
+                Some(r) if self.explain => writeln!(err, "#{id} cache miss: {r}"),
+                _ => Ok(()),
+            },
+            Event::Output { id, line } => writeln!(err, "#{id} {line}"),
+            Event::Done { id, cached, .. } if cached => writeln!(err, "#{id} CACHED"),
+            Event::Done { id, elapsed, .. } => {
+                writeln!(err, "#{id} DONE {:.1}s", elapsed.as_secs_f64())
             }
             Event::Warning(w) => writeln!(err, "WARNING: {w}"),
         };
@@ -226,6 +231,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         credentials,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
+        jobs: args.jobs,
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
@@ -235,10 +241,8 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     install_interrupt_handler();
     let started = Instant::now();
     let mut progress = Plain {
-        n: 0,
         quiet: args.quiet,
         explain: args.explain_cache,
-        cached: false,
     };
     let built = match kiln_build::build(&store, &req, &mut progress) {
         Ok(b) => b,
