@@ -1,4 +1,8 @@
 //! `kiln push`: upload an image to a registry.
+//!
+//! Blobs the store knows in another repository of the same registry (pulled from there, or
+//! pushed there before) are mounted rather than uploaded; the store records those origins
+//! itself on every pull and push, so there is nothing for this command to pass along.
 
 use crate::images;
 use anyhow::{Context, Result};
@@ -36,10 +40,14 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         println!("{}", report.digest);
     } else {
         println!(
-            "{}: pushed ({} blobs uploaded, {})\nDigest: {}",
+            "{}: pushed ({} blobs uploaded, {}; {} mounted from other repositories, {}; {} \
+             already there)\nDigest: {}",
             dest.familiar(),
             report.blobs_uploaded,
             images::human_size(report.bytes_uploaded),
+            report.blobs_mounted,
+            images::human_size(report.bytes_mounted),
+            report.blobs_present,
             report.digest
         );
     }
