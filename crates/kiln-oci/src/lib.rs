@@ -2,7 +2,8 @@
 //!
 //! This crate owns:
 //! - the **content store** ([`Store`]): blobs by sha256 written atomically, tags in index.json,
-//!   inter-process locks, garbage collection and the compressed-layer cache. The store root is
+//!   inter-process locks, garbage collection, the compressed-layer cache and the registry
+//!   repositories each blob was seen in (for cross-repository mounts). The store root is
 //!   an OCI image layout, so `skopeo inspect oci:ROOT:TAG` reads it directly;
 //! - the **image model** ([`image`]): a Docker-compatible [`ImageConfig`], manifests and indexes
 //!   (via oci-spec), media types, and deterministic JSON;

@@ -184,6 +184,14 @@ fn gc_removes_unreachable_and_keeps_reachable() {
         layer::compress_layer(&store, &dropped_layer.diff_id, Compression::GZIP).unwrap();
     let (extra, _) = store.put_blob(b"a build cache record").unwrap();
     let (orphan, _) = store.put_blob(b"nobody wants me").unwrap();
+    // Registry origins: the entry of a removed blob goes with it.
+    let kept_layer_digest = kept_layer.digest.clone();
+    store
+        .remember_blob_origin(&kept_layer_digest, "r:5000/kept")
+        .unwrap();
+    store
+        .remember_blob_origin(&dropped_layer.digest, "r:5000/dropped")
+        .unwrap();
     // An index tagged by another tool, pointing at the dropped image's manifest.
     let (idx_img, _) = small_image(&store, b"via index", Compression::GZIP);
     let idx = image::build_index(vec![idx_img.manifest.clone()], None).unwrap();
@@ -229,6 +237,15 @@ fn gc_removes_unreachable_and_keeps_reachable() {
     assert_eq!(report.removed_blobs.len(), 5, "{report:?}");
     assert_eq!(report.removed_temp_files, 1);
     assert!(report.removed_cache_entries >= 1);
+    assert_eq!(report.removed_origin_entries, 1);
+    assert_eq!(
+        store.blob_origins(&kept_layer_digest).unwrap(),
+        ["r:5000/kept"]
+    );
+    assert!(store
+        .blob_origins(&dropped_layer.digest)
+        .unwrap()
+        .is_empty());
     assert!(!stale.exists());
     assert_eq!(
         store

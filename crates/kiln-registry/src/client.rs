@@ -18,6 +18,10 @@ const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 /// Error bodies are only used for messages.
 const MAX_ERROR_BODY: u64 = 64 << 10;
+/// Blobs up to this size are uploaded in one PUT; larger ones in PATCH chunks of this size.
+/// 64 MiB keeps each request under the 100 MB body limit common in front of registries
+/// (Cloudflare, default proxy setups) while adding few requests for typical layers.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 
 /// A user name and password (or access token used as a password).
 #[derive(Clone, PartialEq, Eq)]
@@ -66,6 +70,7 @@ pub struct Client {
     /// Hosts that answered with a Basic challenge: later requests send Basic right away.
     basic_hosts: Mutex<HashSet<String>>,
     backoff: Duration,
+    chunk_size: u64,
 }
 
 impl Default for Client {
@@ -93,12 +98,22 @@ pub(crate) struct Target<'a> {
     pub repo: Option<&'a str>,
     /// Whether the request needs push rights.
     pub push: bool,
+    /// For a cross-repository mount: the repository (path) the blob is mounted from, which
+    /// the token must also grant pull on.
+    pub mount_from: Option<&'a str>,
 }
 
 impl Target<'_> {
+    /// The token scopes this request needs, space-separated (the form a token cache key and
+    /// a challenge's `scope` parameter use): `repository:B:pull,push repository:A:pull` for a
+    /// mount from A into B.
     fn scope(&self) -> Option<String> {
         let access = if self.push { "pull,push" } else { "pull" };
-        self.repo.map(|r| format!("repository:{r}:{access}"))
+        let mut scope = format!("repository:{}:{access}", self.repo?);
+        if let Some(from) = self.mount_from.filter(|f| Some(*f) != self.repo) {
+            scope.push_str(&format!(" repository:{from}:pull"));
+        }
+        Some(scope)
     }
 
     fn access(&self) -> &'static str {
@@ -129,6 +144,7 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             basic_hosts: Mutex::new(HashSet::new()),
             backoff: BACKOFF,
+            chunk_size: DEFAULT_CHUNK_SIZE,
         }
     }
 
@@ -151,6 +167,17 @@ impl Client {
         self
     }
 
+    /// Sets the upload chunk size in bytes (at least 1; default [`DEFAULT_CHUNK_SIZE`]). Blobs up
+    /// to this size go up in one PUT, larger ones as PATCH chunks of this size.
+    pub fn with_chunk_size(mut self, bytes: u64) -> Client {
+        self.chunk_size = bytes.max(1);
+        self
+    }
+
+    pub(crate) fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
     /// Checks that `domain` speaks the distribution API and accepts our credentials
     /// (`GET /v2/`, authenticating if challenged).
     pub fn ping(&self, domain: &str) -> Result<()> {
@@ -159,6 +186,7 @@ impl Client {
             domain,
             repo: None,
             push: false,
+            mount_from: None,
         };
         let url = self.url(domain, "/v2/");
         let resp = self.send(&t, |auth| self.get(&url, auth).call())?;
@@ -214,6 +242,14 @@ impl Client {
         auth: Option<&str>,
     ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         with_auth(self.agent.put(url), auth)
+    }
+
+    pub(crate) fn patch(
+        &self,
+        url: &str,
+        auth: Option<&str>,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        with_auth(self.agent.patch(url), auth)
     }
 
     /// Sends a request built by `make` (called again for each attempt, so bodies are rebuilt),
@@ -408,15 +444,16 @@ impl Client {
             )));
         }
         let service = challenge.param("service");
-        // Our scope says exactly what we are about to do; fall back to the server's.
+        // Our scope says exactly what we are about to do; fall back to the server's. Several
+        // scopes (a mount needs two repositories) go as repeated `scope` parameters.
         let scope = scope.or(challenge.param("scope"));
         let mut resp = retry_transport(self, t, || {
             let mut req = self.agent.get(realm);
             if let Some(service) = service {
                 req = req.query("service", service);
             }
-            if let Some(scope) = scope {
-                req = req.query("scope", scope);
+            for s in scope.into_iter().flat_map(str::split_whitespace) {
+                req = req.query("scope", s);
             }
             if let Some(c) = creds {
                 req = req.header("Authorization", c.basic_header());
@@ -618,6 +655,25 @@ mod tests {
             c.url("docker.io", "/v2/"),
             "https://registry-1.docker.io/v2/"
         );
+    }
+
+    #[test]
+    fn mount_scope_adds_pull_on_the_source_repository() {
+        let mut t = Target {
+            image: "i",
+            domain: "r",
+            repo: Some("team/app"),
+            push: true,
+            mount_from: None,
+        };
+        assert_eq!(t.scope().as_deref(), Some("repository:team/app:pull,push"));
+        t.mount_from = Some("team/base");
+        assert_eq!(
+            t.scope().as_deref(),
+            Some("repository:team/app:pull,push repository:team/base:pull")
+        );
+        t.mount_from = Some("team/app");
+        assert_eq!(t.scope().as_deref(), Some("repository:team/app:pull,push"));
     }
 
     #[test]

@@ -104,6 +104,25 @@ pub enum RegistryError {
         /// Bytes received (at most one more than expected: we stop reading there).
         actual: u64,
     },
+    /// A chunked upload fell out of step: the registry refused a chunk's range (416) or
+    /// reported holding other bytes than were sent.
+    #[error(
+        "{image}: the chunked upload of blob {digest} to {host} is out of step: for bytes {sent} \
+         it answered {answer}; push again to start a new upload"
+    )]
+    UploadRange {
+        /// The image.
+        image: String,
+        /// The registry host.
+        host: String,
+        /// The blob being uploaded.
+        digest: Digest,
+        /// The range kiln sent, `start-end` inclusive.
+        sent: String,
+        /// The registry's answer and what it says it holds ("416 Range Not Satisfiable and
+        /// holds bytes 0-99").
+        answer: String,
+    },
     /// No manifest in the image index matches the wanted platform.
     #[error("{image}: no image for platform {wanted}; the index offers: {available}")]
     NoPlatform {

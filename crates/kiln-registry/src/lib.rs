@@ -29,7 +29,7 @@ mod pull;
 mod push;
 
 pub use auth::{parse_challenges, Challenge};
-pub use client::{Client, Credentials};
+pub use client::{Client, Credentials, DEFAULT_CHUNK_SIZE};
 pub use error::{RegistryError, Result};
 pub use pull::{Platform, PullReport};
 pub use push::PushReport;

@@ -88,7 +88,8 @@ impl Client {
     /// An index or manifest list is resolved to the manifest for `platform`; only that manifest
     /// is stored. Blobs the store already has are not downloaded. Every blob and manifest is
     /// checked against its digest before the store accepts it, and the tag is set last, so an
-    /// interrupted pull leaves at most unreferenced blobs behind.
+    /// interrupted pull leaves at most unreferenced blobs behind. The store then records the
+    /// repository as an origin of each blob, for cross-repository mounts on push.
     pub fn pull(
         &self,
         store: &Store,
@@ -101,6 +102,7 @@ impl Client {
             domain: &reference.domain,
             repo: Some(&reference.path),
             push: false,
+            mount_from: None,
         };
         let (tag_or_digest, pinned) = match (&reference.digest, &reference.tag) {
             (Some(d), _) => (d.clone(), Some(parse_digest(&t, d)?)),
@@ -140,14 +142,16 @@ impl Client {
                 source,
             })?;
         let mut wanted: Vec<(Digest, u64)> = Vec::new();
+        let mut all: Vec<Digest> = Vec::new();
         for d in std::iter::once(parsed.value.config()).chain(parsed.value.layers()) {
             let digest = Digest::from_oci(d.digest()).map_err(|source| RegistryError::Digest {
                 image: image.clone(),
                 source,
             })?;
             if !store.has_blob(&digest) && !wanted.iter().any(|(w, _)| *w == digest) {
-                wanted.push((digest, d.size()));
+                wanted.push((digest.clone(), d.size()));
             }
+            all.push(digest);
         }
         let bytes_fetched = self.fetch_blobs(store, &t, &wanted)?;
 
@@ -160,6 +164,9 @@ impl Client {
         let (digest, size) = store.put_blob(&parsed.bytes).map_err(store_err)?;
         let descriptor = image::descriptor(&manifest.media_type, &digest, size);
         store.set_tag(&image, &descriptor).map_err(store_err)?;
+        // Every blob of the image is now known to live in this repository, so a later push to
+        // another repository of this registry can mount it (see `Client::push`).
+        remember_origins(store, reference, &all);
         Ok(PullReport {
             descriptor,
             digest,
@@ -403,6 +410,15 @@ fn parse_digest(t: &Target<'_>, d: &str) -> Result<Digest> {
         image: t.image.to_owned(),
         source,
     })
+}
+
+/// Records that `blobs` exist in `reference`'s repository. Best effort: origins are only hints
+/// for mounting, so failing to write one must not fail the pull or push that learnt it.
+pub(crate) fn remember_origins(store: &Store, reference: &Reference, blobs: &[Digest]) {
+    let repository = format!("{}/{}", reference.domain, reference.path);
+    for d in blobs {
+        let _ = store.remember_blob_origin(d, &repository);
+    }
 }
 
 pub(crate) fn header(resp: &Response<Body>, name: &str) -> Option<String> {

@@ -2,7 +2,7 @@
 //! content), against a tiny scripted HTTP server on loopback.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +15,13 @@ use kiln_oci::Store;
 use kiln_registry::{Client, Credentials, Platform, RegistryError};
 
 /// One parsed request.
+#[derive(Debug, Clone)]
 struct Req {
     method: String,
     /// Path and query.
     target: String,
     headers: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 impl Req {
@@ -29,6 +31,43 @@ impl Req {
     fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
     }
+    /// The values of query parameter `name`, percent-decoded.
+    fn query(&self, name: &str) -> Vec<String> {
+        let Some((_, q)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+            .collect()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 struct Resp {
@@ -122,10 +161,12 @@ fn serve(conn: TcpStream, handler: &Handler) -> std::io::Result<()> {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
+    let body = read_body(&mut reader, &headers)?;
     let r = handler(&Req {
         method,
         target,
         headers,
+        body,
     });
     let mut out = conn;
     write!(
@@ -145,6 +186,36 @@ fn serve(conn: TcpStream, handler: &Handler) -> std::io::Result<()> {
     };
     out.write_all(&r.body[..sent])?;
     out.flush()
+}
+
+/// The request body, by Content-Length or chunked transfer encoding.
+fn read_body(
+    reader: &mut BufReader<TcpStream>,
+    headers: &HashMap<String, String>,
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    if let Some(n) = headers.get("content-length").and_then(|v| v.parse().ok()) {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    }
+    Ok(body)
 }
 
 /// An image as the fake registry serves it: an index over an arm64 and an amd64 manifest.
@@ -586,4 +657,301 @@ fn a_connection_dropped_mid_blob_is_retried() {
     assert!(store
         .verify_blob(&Digest::of(&content.layer))
         .expect("verify"));
+}
+
+/// The upload side of a registry for repository `img`, scripted: HEAD finds no blob, sessions
+/// assemble what PATCH and PUT send and check it against the closing digest, and every request
+/// is logged. Locations change with every answer (`?_state=N`), and a request to any other
+/// than the last one given is refused, so following them is checked too.
+struct Uploads {
+    log: Mutex<Vec<Req>>,
+    /// Session id -> (bytes so far, the Location last handed out).
+    sessions: Mutex<HashMap<String, (Vec<u8>, String)>>,
+    counter: AtomicUsize,
+    /// What a mount request gets: 201 (mounted) or 202 (a session instead).
+    mount_status: u16,
+    /// Answer the n-th PATCH (0-based) with this status and `Range` header instead.
+    bad_patch: Option<(usize, u16, &'static str)>,
+}
+
+impl Uploads {
+    fn new(mount_status: u16) -> Uploads {
+        Uploads {
+            log: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            counter: AtomicUsize::new(0),
+            mount_status,
+            bad_patch: None,
+        }
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.log.lock().expect("log").clone()
+    }
+
+    fn location(&self, id: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        format!("/v2/img/blobs/uploads/{id}?_state={n}")
+    }
+
+    fn answer(&self, r: &Req) -> Resp {
+        let patches_before = self
+            .log
+            .lock()
+            .map(|l| l.iter().filter(|q| q.method == "PATCH").count())
+            .unwrap_or(0);
+        if let Ok(mut l) = self.log.lock() {
+            l.push(r.clone());
+        }
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let path = r.path();
+        match r.method.as_str() {
+            "HEAD" if path.starts_with("/v2/img/blobs/") => resp(404, ""),
+            "POST" if path == "/v2/img/blobs/uploads/" => {
+                let mount = r.query("mount");
+                if !mount.is_empty() && self.mount_status == 201 {
+                    return resp(201, "").with("Docker-Content-Digest", &mount[0]);
+                }
+                let id = format!("s{}", sessions.len());
+                let location = self.location(&id);
+                sessions.insert(id, (Vec::new(), location.clone()));
+                resp(202, "").with("Location", &location)
+            }
+            "PATCH" | "PUT" if path.starts_with("/v2/img/blobs/uploads/") => {
+                let id = path.rsplit('/').next().unwrap_or_default().to_owned();
+                let Some((data, expected)) = sessions.get_mut(&id) else {
+                    return resp(404, "no such session");
+                };
+                let at = r.target.split("&digest=").next().unwrap_or_default();
+                if at != expected.as_str() {
+                    return resp(400, format!("stale location {at}, expected {expected}"));
+                }
+                if r.method == "PATCH" {
+                    if let Some((n, status, range)) = self.bad_patch {
+                        if n == patches_before {
+                            return resp(status, "").with("Range", range);
+                        }
+                    }
+                    // Like distribution: a chunk must start where the session ends.
+                    let start = r
+                        .header("content-range")
+                        .and_then(|v| v.split_once('-'))
+                        .and_then(|(s, _)| s.parse::<usize>().ok());
+                    if start != Some(data.len()) {
+                        let held = format!("0-{}", data.len().saturating_sub(1));
+                        return resp(416, "").with("Range", &held);
+                    }
+                    data.extend_from_slice(&r.body);
+                    let held = format!("0-{}", data.len() - 1);
+                    let next = self.location(&id);
+                    *expected = next.clone();
+                    return resp(202, "").with("Location", &next).with("Range", &held);
+                }
+                data.extend_from_slice(&r.body);
+                let got = Digest::of(data);
+                if r.query("digest") != [got.to_string()] {
+                    return resp(400, format!("content is {got}"));
+                }
+                resp(201, "").with("Docker-Content-Digest", got.as_str())
+            }
+            "PUT" if path == "/v2/img/manifests/1" => {
+                resp(201, "").with("Docker-Content-Digest", Digest::of(&r.body).as_str())
+            }
+            _ => resp(404, "unexpected request"),
+        }
+    }
+}
+
+/// A store holding `Content`'s image, with the layer recorded as being in repository `src` of
+/// the registry at `addr`. Returns the manifest digest.
+fn upload_store(content: &Content, addr: &str) -> (tempfile::TempDir, Store, Digest) {
+    let (dir, store) = empty_store();
+    store.put_blob(&content.config).expect("config");
+    let (layer, _) = store.put_blob(&content.layer).expect("layer");
+    let (manifest, _) = store.put_blob(&content.manifest).expect("manifest");
+    store
+        .remember_blob_origin(&layer, &format!("{addr}/src"))
+        .expect("origin");
+    (dir, store, manifest)
+}
+
+#[test]
+fn a_declined_mount_uploads_through_its_session_in_contiguous_chunks() {
+    let content = Content::new();
+    let uploads = Arc::new(Uploads::new(202));
+    let u = uploads.clone();
+    let server = FakeServer::start(Arc::new(move |r: &Req| u.answer(r)));
+    let (_d, store, manifest) = upload_store(&content, &server.addr());
+    let reference = Reference::parse(&format!("{}/img:1", server.addr())).expect("reference");
+    const CHUNK: usize = 64 << 10;
+    let pushed = fast_client()
+        .with_chunk_size(CHUNK as u64)
+        .push(&store, &manifest, &reference)
+        .expect("push");
+    assert_eq!(pushed.digest, manifest);
+    assert_eq!((pushed.blobs_uploaded, pushed.blobs_mounted), (2, 0));
+    assert_eq!(
+        pushed.bytes_uploaded,
+        (content.config.len() + content.layer.len()) as u64
+    );
+
+    let log = uploads.requests();
+    let posts: Vec<&Req> = log.iter().filter(|r| r.method == "POST").collect();
+    // The config (no origin) gets a plain POST; the layer a mount from src, and no other POST:
+    // its 202 session carries the upload.
+    assert_eq!(posts.len(), 2, "{posts:#?}");
+    assert!(posts[0].query("mount").is_empty());
+    assert_eq!(
+        posts[1].query("mount"),
+        [Digest::of(&content.layer).to_string()]
+    );
+    assert_eq!(posts[1].query("from"), ["src"]);
+
+    // The config fits one chunk: one PUT with the whole blob, no PATCH, in session s0.
+    let s0: Vec<&Req> = log
+        .iter()
+        .filter(|r| r.path() == "/v2/img/blobs/uploads/s0")
+        .collect();
+    assert_eq!(s0.len(), 1);
+    assert_eq!(s0[0].method, "PUT");
+    assert_eq!(s0[0].body, content.config);
+
+    // The layer: PATCHes with contiguous inclusive ranges covering it exactly, each as long as
+    // its Content-Length and body, then an empty PUT.
+    let s1: Vec<&Req> = log
+        .iter()
+        .filter(|r| r.path() == "/v2/img/blobs/uploads/s1")
+        .collect();
+    let (last, patches) = s1.split_last().expect("requests in s1");
+    assert_eq!(patches.len(), content.layer.len().div_ceil(CHUNK));
+    let mut next = 0usize;
+    for p in patches {
+        assert_eq!(p.method, "PATCH");
+        assert_eq!(p.header("content-type"), Some("application/octet-stream"));
+        let range = p.header("content-range").expect("Content-Range");
+        let (start, end) = range.split_once('-').expect("start-end");
+        let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
+        assert_eq!(start, next, "{range} does not follow the previous chunk");
+        assert!(end - start < CHUNK);
+        assert_eq!(p.body.len(), end - start + 1);
+        assert_eq!(
+            p.header("content-length"),
+            Some(p.body.len().to_string().as_str())
+        );
+        assert_eq!(p.body, content.layer[start..=end]);
+        next = end + 1;
+    }
+    assert_eq!(next, content.layer.len());
+    assert_eq!(last.method, "PUT");
+    assert!(last.body.is_empty());
+    assert_eq!(last.header("content-length"), Some("0"));
+    assert_eq!(
+        last.query("digest"),
+        [Digest::of(&content.layer).to_string()]
+    );
+}
+
+#[test]
+fn a_mount_with_bearer_auth_asks_for_both_repositories() {
+    let content = Content::new();
+    let uploads = Arc::new(Uploads::new(201));
+    let scopes_asked: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(Vec::new()));
+    let port_cell: Arc<Mutex<u16>> = Arc::new(Mutex::new(0));
+    let (u, asked, port_for_handler) = (uploads.clone(), scopes_asked.clone(), port_cell.clone());
+    let server = FakeServer::start(Arc::new(move |r: &Req| {
+        if r.path() == "/token" {
+            let scopes = r.query("scope");
+            let token = format!("t{}", asked.lock().map(|a| a.len()).unwrap_or(0));
+            if let Ok(mut a) = asked.lock() {
+                a.push(scopes);
+            }
+            return resp(200, format!(r#"{{"token":"{token}"}}"#));
+        }
+        // The token with index n grants the scopes asked n-th.
+        let granted: Vec<String> = r
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer t"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| asked.lock().ok()?.get(n).cloned())
+            .unwrap_or_default();
+        let mut needed = vec!["repository:img:pull,push".to_owned()];
+        needed.extend(
+            r.query("from")
+                .iter()
+                .map(|f| format!("repository:{f}:pull")),
+        );
+        if !needed.iter().all(|n| granted.contains(n)) {
+            let port = port_for_handler.lock().map(|p| *p).unwrap_or(0);
+            return resp(401, "").with(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake""#),
+            );
+        }
+        u.answer(r)
+    }));
+    if let Ok(mut p) = port_cell.lock() {
+        *p = server.port;
+    }
+    let (_d, store, manifest) = upload_store(&content, &server.addr());
+    let reference = Reference::parse(&format!("{}/img:1", server.addr())).expect("reference");
+    let pushed = fast_client()
+        .push(&store, &manifest, &reference)
+        .expect("push");
+    assert_eq!((pushed.blobs_uploaded, pushed.blobs_mounted), (1, 1));
+    assert_eq!(pushed.bytes_mounted, content.layer.len() as u64);
+    let asked = scopes_asked.lock().expect("scopes").clone();
+    assert_eq!(
+        asked,
+        [
+            vec!["repository:img:pull,push".to_owned()],
+            vec![
+                "repository:img:pull,push".to_owned(),
+                "repository:src:pull".to_owned()
+            ],
+        ]
+    );
+    // Mounted: nothing of the layer was sent.
+    let log = uploads.requests();
+    assert!(!log.iter().any(|r| r.method == "PATCH"));
+    let layer_bytes = log.iter().filter(|r| r.body == content.layer).count();
+    assert_eq!(layer_bytes, 0);
+}
+
+#[test]
+fn a_chunk_the_registry_refuses_is_a_clear_range_error() {
+    for (status, range, answer) in [
+        (
+            416,
+            "0-999",
+            "answered 416 Range Not Satisfiable and holds bytes 0-999",
+        ),
+        (202, "0-10", "answered 202 but holds bytes 0-10"),
+    ] {
+        let content = Content::new();
+        let mut uploads = Uploads::new(202);
+        uploads.bad_patch = Some((1, status, range));
+        let uploads = Arc::new(uploads);
+        let u = uploads.clone();
+        let server = FakeServer::start(Arc::new(move |r: &Req| u.answer(r)));
+        let (_d, store, manifest) = upload_store(&content, &server.addr());
+        let reference = Reference::parse(&format!("{}/img:1", server.addr())).expect("reference");
+        let err = fast_client()
+            .with_chunk_size(64 << 10)
+            .push(&store, &manifest, &reference)
+            .expect_err("refused chunk");
+        assert!(matches!(err, RegistryError::UploadRange { .. }), "{err:?}");
+        let msg = err.to_string();
+        for part in [
+            "for bytes 65536-131071",
+            answer,
+            "push again",
+            &Digest::of(&content.layer).to_string(),
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
+        // Nothing after the refused chunk, and no manifest.
+        let log = uploads.requests();
+        assert_eq!(log.iter().filter(|r| r.method == "PATCH").count(), 2);
+        assert!(!log.iter().any(|r| r.path().contains("/manifests/")));
+    }
 }

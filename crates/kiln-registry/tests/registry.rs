@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Registry;
+use common::{Logged, Registry};
 use kiln_oci::digest::Digest;
 use kiln_oci::image::{self, ManifestFormat};
 use kiln_oci::reference::Reference;
@@ -13,19 +13,29 @@ use kiln_registry::{Client, Credentials, Platform, RegistryError};
 /// streaming paths see several buffers). Returns the store's temp dir, the store and the
 /// written image.
 fn image_store(format: ManifestFormat) -> (tempfile::TempDir, Store, image::WrittenImage) {
+    image_store_with(format, 1_500_000, 0)
+}
+
+/// Like [`image_store`], with a big layer holding `big_len` bytes; `seed` makes the content
+/// (and so every digest) differ between images.
+fn image_store_with(
+    format: ManifestFormat,
+    big_len: u32,
+    seed: u32,
+) -> (tempfile::TempDir, Store, image::WrittenImage) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path().join("store")).expect("open store");
     let small = layer::write_layer(&store, Compression::GZIP, |w| {
-        let data = b"hello from kiln\n";
+        let data = format!("hello from kiln {seed}\n");
         w.append(
             &TarEntry::file("hello.txt", data.len() as u64),
-            Some(&mut &data[..]),
+            Some(&mut data.as_bytes()),
         )
     })
     .expect("write layer");
     // Deterministic but incompressible-looking content.
-    let big: Vec<u8> = (0..1_500_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+    let big: Vec<u8> = (0..big_len)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let large = layer::write_layer(&store, Compression::None, |w| {
         w.append(
@@ -197,4 +207,187 @@ fn basic_auth_registry_needs_the_right_credentials() {
         "the password must not appear: {msg}"
     );
     assert!(other.tags().expect("tags").is_empty());
+}
+
+/// The config and layer digests of `written`.
+fn blobs_of(written: &image::WrittenImage) -> Vec<Digest> {
+    let m = image::parse_manifest(written.manifest_bytes.clone()).expect("parse manifest");
+    std::iter::once(m.value.config())
+        .chain(m.value.layers())
+        .map(digest_of)
+        .collect()
+}
+
+/// Requests to `repo`'s upload endpoint, once the PUT of its manifest `tag` is logged.
+fn uploads_to(reg: &Registry, repo: &str, tag: &str) -> Vec<Logged> {
+    let manifest = format!("/v2/{repo}/manifests/{tag}");
+    let prefix = format!("/v2/{repo}/blobs/uploads/");
+    reg.requests_until(|r| r.method == "PUT" && r.path() == manifest)
+        .into_iter()
+        .filter(|r| r.path().starts_with(&prefix))
+        .collect()
+}
+
+/// Pulls `reference` into a new store and checks the manifest and every blob byte for byte
+/// against `src`.
+fn pull_and_compare(
+    client: &Client,
+    src: &Store,
+    written: &image::WrittenImage,
+    reference: &Reference,
+) -> (tempfile::TempDir, Store) {
+    let (dir, dst) = empty_store();
+    let pulled = client.pull(&dst, reference, &amd64()).expect("pull");
+    assert_eq!(pulled.digest, digest_of(&written.manifest));
+    let m = image::read_manifest(&dst, &pulled.digest).expect("read pulled manifest");
+    assert_eq!(m.bytes, written.manifest_bytes);
+    for d in blobs_of(written) {
+        assert!(dst.verify_blob(&d).expect("verify"), "{d}");
+        let ours = std::fs::read(src.blob_path(&d)).expect("read source blob");
+        let theirs = std::fs::read(dst.blob_path(&d)).expect("read pulled blob");
+        assert!(ours == theirs, "blob {d} differs after the round trip");
+    }
+    (dir, dst)
+}
+
+#[test]
+fn a_second_repository_gets_every_blob_by_mount() {
+    let Some(reg) = Registry::start() else { return };
+    let client = Client::new();
+    let (_src_dir, src, written) = image_store(ManifestFormat::Oci);
+    let manifest_digest = digest_of(&written.manifest);
+    let blobs = blobs_of(&written);
+    let a = Reference::parse(&reg.image("team/a:1")).expect("reference");
+    let b = Reference::parse(&reg.image("team/b:1")).expect("reference");
+
+    let first = client.push(&src, &manifest_digest, &a).expect("push to a");
+    assert_eq!((first.blobs_uploaded, first.blobs_mounted), (3, 0));
+    // The store now knows where each blob lives.
+    for d in &blobs {
+        assert_eq!(
+            src.blob_origins(d).expect("origins"),
+            [format!("{}/team/a", reg.addr())]
+        );
+    }
+
+    let second = client.push(&src, &manifest_digest, &b).expect("push to b");
+    assert_eq!(second.digest, manifest_digest);
+    assert_eq!(second.blobs_uploaded, 0, "{second:?}");
+    assert_eq!(second.bytes_uploaded, 0);
+    assert_eq!(second.blobs_mounted, 3, "{second:?}");
+    assert_eq!(second.bytes_mounted, first.bytes_uploaded);
+    assert_eq!(second.blobs_present, 0);
+
+    // The registry's own log: three mounts from team/a, each answered 201, and nothing else
+    // sent to b's upload endpoint (no PATCH, no PUT).
+    let to_b = uploads_to(&reg, "team/b", "1");
+    assert_eq!(to_b.len(), 3, "{to_b:#?}");
+    for r in &to_b {
+        assert_eq!(r.method, "POST", "{r:?}");
+        assert_eq!(r.status, 201, "{r:?}");
+        assert!(r.target.contains("from=team%2Fa"), "{r:?}");
+    }
+    for d in &blobs {
+        let mount = format!("mount=sha256%3A{}", d.hex());
+        assert!(to_b.iter().any(|r| r.target.contains(&mount)), "{d}");
+    }
+    let (_dst_dir, dst) = pull_and_compare(&client, &src, &written, &b);
+
+    // A pull records its repository too: pushing what was pulled from b to c mounts from b.
+    let c = Reference::parse(&reg.image("team/c:1")).expect("reference");
+    let third = client.push(&dst, &manifest_digest, &c).expect("push to c");
+    assert_eq!((third.blobs_uploaded, third.blobs_mounted), (0, 3));
+    let to_c = uploads_to(&reg, "team/c", "1");
+    assert!(
+        to_c.iter()
+            .all(|r| r.target.contains("from=team%2Fb") && r.status == 201),
+        "{to_c:#?}"
+    );
+
+    // Pushing again to b: HEAD finds everything, nothing is mounted or sent.
+    let again = client.push(&src, &manifest_digest, &b).expect("push again");
+    assert_eq!(
+        (
+            again.blobs_present,
+            again.blobs_mounted,
+            again.blobs_uploaded
+        ),
+        (3, 0, 0)
+    );
+}
+
+#[test]
+fn a_stale_origin_falls_back_to_uploading_through_the_offered_session() {
+    let Some(reg) = Registry::start() else { return };
+    let client = Client::new();
+    let (_src_dir, src, written) = image_store_with(ManifestFormat::Docker, 200_000, 7);
+    let manifest_digest = digest_of(&written.manifest);
+    // The store believes the blobs are in a repository the registry has never seen.
+    let ghost = format!("{}/ghost/repo", reg.addr());
+    for d in blobs_of(&written) {
+        src.remember_blob_origin(&d, &ghost).expect("remember");
+    }
+    let d = Reference::parse(&reg.image("team/d:1")).expect("reference");
+    let pushed = client.push(&src, &manifest_digest, &d).expect("push");
+    assert_eq!((pushed.blobs_uploaded, pushed.blobs_mounted), (3, 0));
+
+    // Each blob: a mount attempt answered 202, then the PUT into that very session; no second
+    // POST.
+    let to_d = uploads_to(&reg, "team/d", "1");
+    let posts: Vec<&Logged> = to_d.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 3, "{to_d:#?}");
+    assert!(
+        posts
+            .iter()
+            .all(|r| r.status == 202 && r.target.contains("from=ghost%2Frepo")),
+        "{posts:#?}"
+    );
+    let puts = to_d.iter().filter(|r| r.method == "PUT" && r.status == 201);
+    assert_eq!(puts.count(), 3, "{to_d:#?}");
+    pull_and_compare(&client, &src, &written, &d);
+    // The registry is now the blobs' most recent origin; the ghost stays behind it.
+    let origins = src.blob_origins(&blobs_of(&written)[0]).expect("origins");
+    assert_eq!(origins, [format!("{}/team/d", reg.addr()), ghost]);
+}
+
+#[test]
+fn a_large_blob_goes_up_in_chunks_and_comes_back_byte_exact() {
+    let Some(reg) = Registry::start() else { return };
+    const CHUNK: u64 = 64 << 10;
+    let client = Client::new().with_chunk_size(CHUNK);
+    // 3 MiB and a bit: the last chunk is a partial one.
+    let (_src_dir, src, written) = image_store_with(ManifestFormat::Oci, (3 << 20) + 12_345, 3);
+    let manifest_digest = digest_of(&written.manifest);
+    let big = blobs_of(&written)[2].clone();
+    let big_size = src.blob_size(&big).expect("size");
+    assert!(big_size > 3 << 20);
+    let reference = Reference::parse(&reg.image("chunky:1")).expect("reference");
+
+    let pushed = client
+        .push(&src, &manifest_digest, &reference)
+        .expect("push");
+    assert_eq!(pushed.digest, manifest_digest);
+    assert_eq!(pushed.blobs_uploaded, 3);
+
+    // The big layer in 64 KiB PATCHes, then a closing PUT; the config and small layer (under
+    // a chunk) in one PUT each. (This registry ignores Content-Range, so the ranges themselves
+    // are checked against the scripted server in fake.rs.)
+    let uploads = uploads_to(&reg, "chunky", "1");
+    let patches: Vec<&Logged> = uploads.iter().filter(|r| r.method == "PATCH").collect();
+    assert_eq!(
+        patches.len() as u64,
+        big_size.div_ceil(CHUNK),
+        "{uploads:#?}"
+    );
+    assert!(patches.iter().all(|r| r.status == 202), "{patches:#?}");
+    let puts: Vec<&Logged> = uploads.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(puts.len(), 3);
+    assert!(puts.iter().all(|r| r.status == 201), "{puts:#?}");
+    assert!(
+        puts.iter()
+            .any(|r| r.target.contains(&format!("digest=sha256%3A{}", big.hex()))),
+        "{puts:#?}"
+    );
+
+    pull_and_compare(&client, &src, &written, &reference);
 }

@@ -29,11 +29,13 @@ pub struct GcReport {
     pub removed_temp_files: usize,
     /// Compressed-cache entries dropped because their compressed blob was gone.
     pub removed_cache_entries: usize,
+    /// Blob-origin entries dropped because their blob was gone.
+    pub removed_origin_entries: usize,
 }
 
 impl Store {
     /// Deletes every blob not reachable from index.json, `extra_roots` or the compressed cache
-    /// of a reachable layer, plus stale temp files.
+    /// of a reachable layer, plus stale temp files and the cache entries of deleted blobs.
     ///
     /// Takes the store lock exclusively (waiting for builds holding it shared) and the index
     /// lock, so no tag can appear mid-way. A reachable manifest that does not parse stops gc
@@ -61,6 +63,7 @@ impl Store {
         }
         super::sync_dir(&self.blobs_dir())?;
         report.removed_cache_entries = self.sweep_cache()?;
+        report.removed_origin_entries = self.sweep_origins()?;
         report.removed_temp_files = temp::remove_stale(&self.tmp_dir(), STALE_TEMP_AGE)?;
         Ok(report)
     }

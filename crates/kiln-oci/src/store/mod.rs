@@ -7,6 +7,7 @@
 //!   blobs/sha256/<hex>      content, only ever complete (renamed in from tmp/)
 //!   tmp/                    writes in progress; each file is flocked by its writer
 //!   cache/compressed/       diffID + algorithm -> compressed blob digest and size
+//!   cache/origins/          blob -> registry repositories it was pulled from or pushed to
 //!   locks/store, locks/index
 //! ```
 //!
@@ -22,6 +23,7 @@ mod cache;
 mod gc;
 mod index;
 mod lock;
+mod origins;
 mod temp;
 
 use std::fs;
@@ -34,6 +36,7 @@ use crate::digest::{Digest, DigestError};
 pub use blob::BlobWriter;
 pub use gc::GcReport;
 pub use lock::{LockMode, StoreLock};
+pub use origins::MAX_ORIGINS;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
 const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -155,6 +158,7 @@ impl Store {
                 store.blobs_dir(),
                 store.tmp_dir(),
                 store.compressed_cache_dir(),
+                store.origins_dir(),
             ] {
                 create_dir(&dir)?;
             }
@@ -217,6 +221,10 @@ impl Store {
 
     pub(crate) fn compressed_cache_dir(&self) -> PathBuf {
         self.root.join("cache").join("compressed")
+    }
+
+    pub(crate) fn origins_dir(&self) -> PathBuf {
+        self.root.join("cache").join("origins")
     }
 
     pub(crate) fn index_path(&self) -> PathBuf {

@@ -1,6 +1,7 @@
 //! A throwaway `docker-registry` (Debian's distribution v2 build) on 127.0.0.1, with its
-//! storage in a temp dir and optional htpasswd Basic auth. Stopped (killed by its own PID) on
-//! drop.
+//! storage in a temp dir and optional htpasswd Basic auth. Its access log goes to a file that
+//! tests read back ([`Registry::requests`]) to see what the client actually sent. Stopped
+//! (killed by its own PID) on drop.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -101,6 +102,61 @@ impl Registry {
     pub fn image(&self, name: &str) -> String {
         format!("{}/{name}", self.addr())
     }
+
+    /// Every request the registry has logged so far, oldest first.
+    ///
+    /// The access log line is written after the response, so a request the client has just
+    /// seen answered may not be there yet: tests wait for a known last request with
+    /// [`Registry::requests_until`].
+    pub fn requests(&self) -> Vec<Logged> {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        log.lines().filter_map(Logged::parse).collect()
+    }
+
+    /// The requests logged once one matching `last` is there (waiting up to 10 s for it).
+    pub fn requests_until(&self, last: impl Fn(&Logged) -> bool) -> Vec<Logged> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = self.requests();
+            if all.iter().any(&last) || Instant::now() > deadline {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One request from the registry's access log (Apache combined format).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub status: u16,
+}
+
+impl Logged {
+    /// `127.0.0.1 - - [date] "PATCH /v2/x/blobs/uploads/u?_state=s HTTP/1.1" 202 0 "" "kiln/0.1"`
+    fn parse(line: &str) -> Option<Logged> {
+        let (_, rest) = line.split_once('"')?;
+        let (request, rest) = rest.split_once('"')?;
+        let mut words = request.split(' ');
+        let method = words.next()?.to_owned();
+        let target = words.next()?.to_owned();
+        if !words.next()?.starts_with("HTTP/") {
+            return None;
+        }
+        let status = rest.split_whitespace().next()?.parse().ok()?;
+        Some(Logged {
+            method,
+            target,
+            status,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
 }
 
 impl Drop for Registry {
@@ -113,7 +169,7 @@ impl Drop for Registry {
 fn write_config(dir: &Path, port: u16, auth: bool) {
     let mut cfg = format!(
         "version: 0.1\n\
-         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-not-secret\n",
         data = dir.join("data").display()

@@ -1,4 +1,8 @@
 //! `kiln push`: upload an image to a registry.
+//!
+//! Blobs the store knows in another repository of the same registry (pulled from there, or
+//! pushed there before) are mounted rather than uploaded; the store records those origins
+//! itself on every pull and push, so there is nothing for this command to pass along.
 
 use crate::images;
 use anyhow::{bail, Context, Result};
@@ -96,10 +100,14 @@ pub fn push_image(
 /// The line `kiln push` and `kiln build --push` print for a finished push.
 pub fn describe(dest: &Reference, report: &PushReport) -> String {
     format!(
-        "{}: pushed ({} blobs uploaded, {})\nDigest: {}",
+        "{}: pushed ({} blobs uploaded, {}; {} mounted from other repositories, {}; {} \
+         already there)\nDigest: {}",
         dest.familiar(),
         report.blobs_uploaded,
         images::human_size(report.bytes_uploaded),
+        report.blobs_mounted,
+        images::human_size(report.bytes_mounted),
+        report.blobs_present,
         report.digest
     )
 }
