@@ -15,6 +15,7 @@
 # over the wire (MB = 10^6 bytes), and kiln's ratio to each.
 set -euo pipefail
 
+COMMAND="$0 $*"
 KILN=${1:-target/release/kiln}
 RUNS=${2:-${BENCH_REGISTRY_RUNS:-3}}
 LAYERS=5
@@ -246,7 +247,7 @@ echo "In the registry (blobs + manifest): $(mb "$PLAIN_BYTES") MB with plain tar
 echo "Sent by a push: kiln $(mb "${SENT[plain-kiln]}") MB from the plain store, $(mb "${SENT[gzip-kiln]}") MB from the gzip store;" \
   "skopeo $(mb "${SENT[plain-skopeo]}") / $(mb "${SENT[gzip-skopeo]}") MB; docker $(mb "${SENT[plain-docker]}") MB"
 echo "dockerd: storage driver $DRIVER, plain-http registries $INSECURE(its default); $(nproc) CPUs; load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "Command: scripts/bench-registry.sh $KILN $RUNS"
+echo "Command: $COMMAND (runs: $RUNS)"
 echo
 row() { # label kiln-times skopeo-times docker-times(or -) kiln-bytes skopeo-bytes docker-bytes
   local k s d
