@@ -67,6 +67,8 @@ bench: build
 	$(CARGO) bench -p kiln-sandbox --bench overhead --locked
 	@if [ "$$(id -u)" = 0 ]; then scripts/bench-run.sh $(KILN) 5; \
 	else echo "(RUN benchmarks against BuildKit and buildah need root: sudo scripts/bench-run.sh)"; fi
+	@if [ "$$(id -u)" = 0 ]; then scripts/bench-registry.sh $(KILN); \
+	else echo "(registry pull/push against skopeo and docker needs root: sudo scripts/bench-registry.sh)"; fi
 
 clean:
 	$(CARGO) clean
