@@ -405,3 +405,80 @@ fn rootless_install_step_reruns_only_when_the_manifest_changes() {
         "the arg's value is not in the cache files"
     );
 }
+
+/// Two builder stages that do not depend on each other run at once; a stage the target does
+/// not need never runs (it would fail).
+#[test]
+fn independent_stages_run_at_once_and_unused_ones_never() {
+    let Some(user) = unprivileged_user() else {
+        return;
+    };
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    let work = user.scratch_dir("cache-jobs");
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("genesis")).unwrap();
+    std::fs::copy(rootfs, dir.join("genesis/busybox.tar.xz")).unwrap();
+    std::fs::write(
+        dir.join("genesis/Dockerfile"),
+        "FROM scratch\nADD busybox.tar.xz /\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("ctx")).unwrap();
+    std::fs::write(
+        dir.join("ctx/Dockerfile"),
+        "FROM genesis AS one\nRUN sleep 2 && echo one > /one\n\
+         FROM genesis AS two\nRUN sleep 2 && echo two > /two\n\
+         FROM genesis AS broken\nRUN echo never-runs && exit 1\n\
+         FROM genesis\nCOPY --from=one /one /\nCOPY --from=two /two /\n",
+    )
+    .unwrap();
+    user.chown(dir);
+    let store = dir.join("store");
+    let mut cmd = user.command(kiln_bin());
+    cmd.current_dir(dir)
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "-q", "-t", "genesis", "genesis"]);
+    let (out, _, err) = run(&mut cmd);
+    assert!(out.status.success(), "{err}");
+
+    let timed = |jobs: &str| {
+        let started = std::time::Instant::now();
+        let o = build_as(Some(&user), dir, &store, &["--no-cache", "--jobs", jobs]);
+        (started.elapsed(), o)
+    };
+    let (parallel, o) = timed("2");
+    assert!(!o.stderr.contains("never-runs"), "{}", o.stderr);
+    let tree = util::images::tree(&store, "app");
+    assert_eq!(tree["one"].content, b"one\n");
+    assert_eq!(tree["two"].content, b"two\n");
+    // Both sleeps' steps started before either finished.
+    let step_of = |text: &str| {
+        o.stderr
+            .lines()
+            .position(|l| l.contains(text) && l.contains("RUN"))
+            .unwrap_or_else(|| panic!("{text}: {}", o.stderr))
+    };
+    let first_done = o
+        .stderr
+        .lines()
+        .position(|l| l.ends_with(" DONE 2.0s") || l.contains(" DONE 2."));
+    assert!(
+        step_of("echo one") < first_done.unwrap_or(0)
+            && step_of("echo two") < first_done.unwrap_or(0),
+        "both RUNs start before the first ends:\n{}",
+        o.stderr
+    );
+    assert!(
+        parallel < std::time::Duration::from_secs(3),
+        "two 2 s stages with --jobs 2 took {parallel:?}:\n{}",
+        o.stderr
+    );
+    let (serial, _) = timed("1");
+    assert!(
+        serial >= std::time::Duration::from_secs(4),
+        "with --jobs 1 they take turns: {serial:?}"
+    );
+}
