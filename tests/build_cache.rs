@@ -482,3 +482,40 @@ fn independent_stages_run_at_once_and_unused_ones_never() {
         "with --jobs 1 they take turns: {serial:?}"
     );
 }
+
+/// `--cache-to type=local` then `--cache-from type=local` into an empty store: every step
+/// hits, the image is the same, and a damaged cache directory is a warning.
+#[test]
+fn local_cache_export_and_import() {
+    let dir = TestDir::new("cache-local");
+    dir.write("ctx/Dockerfile", NODE_STYLE);
+    dir.write("ctx/package.json", "{}\n");
+    dir.write("ctx/src/a.js", "a\n");
+    let cache = dir.path().join("cache-dir");
+    let to = format!("type=local,dest={}", cache.display());
+    let from = format!("type=local,src={}", cache.display());
+    let a = build_as(
+        None,
+        dir.path(),
+        &dir.path().join("a"),
+        &["--cache-to", &to],
+    );
+    assert!(cache.join("index.json").is_file());
+    let b = build_as(
+        None,
+        dir.path(),
+        &dir.path().join("b"),
+        &["--cache-from", &from],
+    );
+    assert_eq!(b.hits(), 7, "{}", b.stderr);
+    assert_eq!(b.id, a.id);
+    std::fs::write(cache.join("index.json"), b"{").unwrap();
+    let c = build_as(
+        None,
+        dir.path(),
+        &dir.path().join("c"),
+        &["--cache-from", &from],
+    );
+    assert_eq!(c.hits(), 0);
+    assert!(c.stderr.contains("WARNING: --cache-from"), "{}", c.stderr);
+}

@@ -563,3 +563,90 @@ fn multi_platform_index_selects_the_platform() {
         assert_eq!(arch_of(store, "child"), arch);
     }
 }
+
+/// `--cache-to type=registry` on one store, `--cache-from` on an empty one: every step hits
+/// and the image is the same; a changed step downloads only the layers of the steps before it
+/// (counted in the registry's access log). `type=inline` does the same through the image.
+#[test]
+fn build_cache_shared_through_a_registry() {
+    let Some(reg) = Registry::start() else { return };
+    let dir = TestDir::new("registry-cache");
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM scratch AS tools\nCOPY tool /tool\n\
+         FROM scratch\nCOPY a /a\nCOPY b /b\nENV MODE=ci\nCOPY --from=tools /tool /tool\nCOPY c /c\n",
+    );
+    for f in ["a", "b", "c", "tool"] {
+        dir.write(&format!("ctx/{f}"), format!("{f}\n").repeat(1000));
+    }
+    let cache = reg.image("cache/app:1");
+    let build = |store: &str, args: &[&str]| {
+        let mut all = vec!["build", "--explain-cache", "-t", "app"];
+        all.extend_from_slice(args);
+        all.push("ctx");
+        let (ok, _, err) = kiln(dir.path(), store, &all);
+        assert!(ok, "{err}");
+        let id = err
+            .lines()
+            .find_map(|l| l.strip_prefix("writing image "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        let misses: Vec<String> = err
+            .lines()
+            .filter_map(|l| l.split_once(" cache miss: ").map(|(_, r)| r.to_owned()))
+            .collect();
+        let hits = err.lines().filter(|l| l.ends_with(" CACHED")).count();
+        (id, hits, misses, err)
+    };
+    let to = format!("type=registry,ref={cache},mode=max");
+    let from = format!("type=registry,ref={cache}");
+    let (id_a, _, _, err) = build("a", &["--cache-to", &to]);
+    assert!(err.contains("cache: 6 steps to"), "{err}");
+
+    let (id_b, hits, misses, err) = build("b", &["--cache-from", &from]);
+    assert_eq!((hits, misses.len()), (6, 0), "{err}");
+    assert_eq!(id_b, id_a, "same steps, same times: the same image");
+
+    // The last COPY changes: its layer is not downloaded, the others are.
+    let gets = || reg.requests("GET", "/v2/cache/app/blobs/");
+    let before = gets();
+    dir.write("ctx/c", "changed\n");
+    let (_, hits, misses, err) = build("c", &["--cache-from", &from]);
+    assert_eq!(hits, 5, "{err}");
+    assert_eq!(misses, ["no earlier build of this step"], "{err}");
+    assert_eq!(
+        gets() - before,
+        4,
+        "the cache list and the layers of a, b and tool; not c's:\n{}",
+        reg.log_tail(12)
+    );
+
+    // A cache that is not there yet is a warning, not a failure.
+    let (_, _, _, err) = build("d", &["--cache-from", &reg.image("cache/none:1")]);
+    assert!(err.contains("WARNING: --cache-from"), "{err}");
+
+    // Inline: the pushed image carries its own cache.
+    let image = reg.image("team/inline:1");
+    let (ok, _, err) = kiln(
+        dir.path(),
+        "e",
+        &[
+            "build",
+            "-t",
+            &image,
+            "--push",
+            "--cache-to",
+            "type=inline",
+            "ctx",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, hits, misses, err) = build("f", &["--cache-from", &image]);
+    // Inline carries the final image's steps only (mode=min): the tools stage runs again.
+    assert_eq!((hits, misses.len()), (5, 1), "{err}");
+    assert!(
+        err.contains("[tools 1/1] COPY tool /tool\n#1 cache miss"),
+        "{err}"
+    );
+}

@@ -134,6 +134,10 @@ pub struct StepCache {
     explain_file: PathBuf,
     previous: BTreeMap<String, Inputs>,
     current: Mutex<BTreeMap<String, Inputs>>,
+    /// Caches from other machines (`--cache-from`), asked after the store's own records.
+    imports: Vec<crate::cache_io::Imported>,
+    /// Every step of this build: (stage, key, record), for `--cache-to`.
+    steps: Mutex<Vec<(usize, Digest, Record)>>,
 }
 
 impl StepCache {
@@ -154,6 +158,8 @@ impl StepCache {
             explain_file,
             previous,
             current: Mutex::new(BTreeMap::new()),
+            imports: Vec::new(),
+            steps: Mutex::new(Vec::new()),
         }
     }
 
@@ -161,8 +167,54 @@ impl StepCache {
         self.dir.join("steps").join(key.hex())
     }
 
-    /// The record for `key`, if there is one whose layer is still in `store`.
+    /// Adds caches to ask when the store has no record.
+    pub fn with_imports(mut self, imports: Vec<crate::cache_io::Imported>) -> StepCache {
+        self.imports = imports;
+        self
+    }
+
+    /// The record for `key`: the store's own, else one of an imported cache (its layer is
+    /// then fetched into the store and the record kept locally).
     pub fn lookup(&self, store: &kiln_oci::store::Store, key: &Digest) -> Option<Record> {
+        if let Some(r) = self.lookup_local(store, key) {
+            return Some(r);
+        }
+        for imported in &self.imports {
+            let Some((created, layer)) = imported.find(key) else {
+                continue;
+            };
+            let layer = match layer {
+                None => None,
+                Some(l) => match imported.fetch(store, &l) {
+                    Ok(size) => Some(CachedLayer {
+                        digest: l.diff_id().clone(),
+                        diff_id: l.diff_id().clone(),
+                        size,
+                    }),
+                    // An unreachable cache is a miss: the step runs.
+                    Err(_) => continue,
+                },
+            };
+            let record = Record { created, layer };
+            let _ = self.insert(key, &record);
+            return Some(record);
+        }
+        None
+    }
+
+    /// Notes a step of this build for `--cache-to`.
+    pub fn used(&self, stage: usize, key: &Digest, record: &Record) {
+        if let Ok(mut s) = self.steps.lock() {
+            s.push((stage, key.clone(), record.clone()));
+        }
+    }
+
+    /// The steps of this build, in the order they finished.
+    pub fn steps(&self) -> Vec<(usize, Digest, Record)> {
+        self.steps.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn lookup_local(&self, store: &kiln_oci::store::Store, key: &Digest) -> Option<Record> {
         let bytes = std::fs::read(self.record_path(key)).ok()?;
         let record: Record = serde_json::from_slice(&bytes).ok()?;
         if let Some(l) = &record.layer {

@@ -2,6 +2,7 @@
 
 use crate::archive::{self, ArchiveError};
 use crate::cache::{self, CachedLayer, Inputs, Record, StepCache};
+use crate::cache_io::{self, CacheExport, CacheLocation, Imported};
 use crate::context::context_tree;
 use crate::copy::{self, Content, CopyError, CopyRequest, Planned, SourceTree, SrcNode};
 use crate::fetch::{self, FetchError};
@@ -55,6 +56,10 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     /// `--jobs`: stages built at once (0: one per CPU).
     pub jobs: usize,
+    /// `--cache-from`: caches to reuse steps from.
+    pub cache_from: Vec<CacheLocation>,
+    /// `--cache-to`: where to export this build's steps.
+    pub cache_to: Vec<CacheExport>,
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -87,6 +92,8 @@ impl BuildRequest {
             no_cache: false,
             no_cache_filter: Vec::new(),
             jobs: 0,
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
         }
     }
 }
@@ -149,6 +156,8 @@ pub enum Event<'a> {
     },
     /// Something the user should know.
     Warning(&'a str),
+    /// What the build did besides its steps (a cache export).
+    Info(&'a str),
 }
 
 /// Receives [`Event`]s (from one thread at a time).
@@ -186,6 +195,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// `--cache-to` failed (the image itself was built and tagged).
+    #[error("exporting the build cache: {0}")]
+    CacheExport(String),
     /// Stopped by [`crate::run::interrupt`] (Ctrl-C); everything the build made was removed.
     #[error("interrupted")]
     Interrupted,
@@ -217,13 +229,13 @@ pub fn build(
 }
 
 /// Where a stage's steps report: the build's one progress sink and step numbering.
-struct StageProgress<'p, 'q> {
-    sink: &'p Mutex<&'q mut dyn Progress>,
+struct StageProgress<'p, 'q, 'r> {
+    sink: &'p Mutex<&'q mut (dyn Progress + 'r)>,
     ids: &'p AtomicUsize,
     id: usize,
 }
 
-impl StageProgress<'_, '_> {
+impl StageProgress<'_, '_, '_> {
     fn send(&self, e: Event) {
         if let Ok(mut p) = self.sink.lock() {
             p.event(e);
@@ -295,10 +307,28 @@ fn build_with(
             (d.as_secs() as i64, d.subsec_nanos())
         }
     };
-    let cache = StepCache::open(store.root(), &build_id(req, &df, plan.target));
+    let mut imports = Vec::new();
+    for from in &req.cache_from {
+        let opened = match from {
+            CacheLocation::Local(dir) => Imported::open_local(dir),
+            CacheLocation::Registry(r) => Imported::open_registry(registry_client(req), r),
+            CacheLocation::Inline => Err("type=inline is for --cache-to".into()),
+        };
+        match opened {
+            Ok(c) => imports.push(c),
+            // A missing cache is what a first build in CI sees: a warning, not a failure.
+            Err(e) => {
+                let w = format!("--cache-from: {e}; building without it");
+                progress.event(Event::Warning(&w));
+                warnings.push(w);
+            }
+        }
+    }
+    let cache =
+        StepCache::open(store.root(), &build_id(req, &df, plan.target)).with_imports(imports);
     let context = Mutex::new(None);
     let snapshots = Mutex::new(None);
-    let sink = Mutex::new(progress);
+    let sink = Mutex::new(&mut *progress);
     let ids = AtomicUsize::new(0);
     let mut stages: BTreeMap<usize, ImageState> = BTreeMap::new();
     let mut stage_keys: BTreeMap<usize, Digest> = BTreeMap::new();
@@ -398,7 +428,27 @@ fn build_with(
         }
     }
     cache.finish();
+    // mode=min exports the steps of the final image: the target stage and those it is FROM.
+    let mut chain = vec![plan.target];
+    while let Source::Stage(i) = &plan.stages[*chain.last().expect("non-empty")].base {
+        chain.push(*i);
+    }
+    let steps_of = |max: bool| -> Vec<(Digest, Record)> {
+        cache
+            .steps()
+            .into_iter()
+            .filter(|(stage, _, _)| max || chain.contains(stage))
+            .map(|(_, k, r)| (k, r))
+            .collect()
+    };
     let mut last = stages.remove(&plan.target).expect("target built");
+    if req
+        .cache_to
+        .iter()
+        .any(|c| c.location == CacheLocation::Inline)
+    {
+        cache_io::add_inline(&mut last.config.0, &steps_of(false));
+    }
     for (k, v) in &req.labels {
         last.config.labels_mut().insert(k.clone(), v.clone());
     }
@@ -417,6 +467,16 @@ fn build_with(
                 ),
             )
             .map_err(ImageError::from)?;
+    }
+    for export in &req.cache_to {
+        if export.location == CacheLocation::Inline {
+            continue;
+        }
+        let line = cache_io::export(store, &steps_of(export.max), &export.location, || {
+            registry_client(req)
+        })
+        .map_err(BuildError::CacheExport)?;
+        progress.event(Event::Info(&line));
     }
     Ok(Built {
         manifest,
@@ -445,14 +505,19 @@ fn ensure_pulled(store: &Store, req: &BuildRequest, name: &str) -> Result<(), Im
     if let Some(v) = &p.variant {
         platform = platform.with_variant(v);
     }
+    registry_client(req)
+        .pull(store, &reference, &platform)
+        .map_err(|e| ImageError::Unsupported(format!("pulling {}: {e}", reference.familiar())))?;
+    Ok(())
+}
+
+/// A registry client with the request's logins and insecure registries.
+fn registry_client(req: &BuildRequest) -> kiln_registry::Client {
     let mut client = kiln_registry::Client::new().with_insecure(req.insecure_registries.clone());
     for (domain, c) in &req.credentials {
         client = client.with_credentials(domain, c.clone());
     }
     client
-        .pull(store, &reference, &platform)
-        .map_err(|e| ImageError::Unsupported(format!("pulling {}: {e}", reference.familiar())))?;
-    Ok(())
 }
 
 /// RUN features that come with later work fail before any work is done.
@@ -602,21 +667,27 @@ impl Ctx<'_> {
                 prepared.planned,
                 cached.as_ref(),
             )?;
-            if cached.is_none() {
-                let record = Record {
-                    created: self.now,
-                    layer: made.as_ref().map(CachedLayer::of),
-                };
-                // A record that cannot be written only costs the next build time.
-                if let Err(e) = self.cache.insert(&new_key, &record) {
-                    progress.warning(&format!(
-                        "could not record the step in the build cache: {e}"
-                    ));
+            let hit = cached.is_some();
+            let record = match cached {
+                Some(r) => r,
+                None => {
+                    let record = Record {
+                        created: self.now,
+                        layer: made.as_ref().map(CachedLayer::of),
+                    };
+                    // A record that cannot be written only costs the next build time.
+                    if let Err(e) = self.cache.insert(&new_key, &record) {
+                        progress.warning(&format!(
+                            "could not record the step in the build cache: {e}"
+                        ));
+                    }
+                    record
                 }
-            }
+            };
+            self.cache.used(index, &new_key, &record);
             self.cache.note(&position, &prepared.inputs);
             key = new_key;
-            progress.done(started.elapsed(), cached.is_some());
+            progress.done(started.elapsed(), hit);
         }
         Ok((state, key))
     }

@@ -17,6 +17,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cache_io;
 pub mod context;
 pub mod copy;
 mod exec;

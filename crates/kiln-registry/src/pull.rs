@@ -175,6 +175,52 @@ impl Client {
         })
     }
 
+    /// The manifest (or index) `reference` names, as exact bytes with its media type and
+    /// digest, without storing anything: for documents kiln reads itself, such as build
+    /// caches.
+    pub fn manifest(&self, reference: &Reference) -> Result<(Digest, String, Vec<u8>)> {
+        let image = reference.to_string();
+        let t = Target {
+            image: &image,
+            domain: &reference.domain,
+            repo: Some(&reference.path),
+            push: false,
+            mount_from: None,
+        };
+        let (tag_or_digest, pinned) = match (&reference.digest, &reference.tag) {
+            (Some(d), _) => (d.clone(), Some(parse_digest(&t, d)?)),
+            (None, Some(tag)) => (tag.clone(), None),
+            (None, None) => ("latest".to_owned(), None),
+        };
+        let m = self.fetch_manifest(&t, &tag_or_digest, pinned.as_ref())?;
+        Ok((Digest::of(&m.bytes), m.media_type, m.bytes))
+    }
+
+    /// Downloads blob `digest` (`size` bytes) of `reference`'s repository into `store`, checked
+    /// against its digest; nothing when the store has it. Returns the bytes fetched.
+    pub fn blob(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<u64> {
+        if store.has_blob(digest) {
+            return Ok(0);
+        }
+        let image = reference.to_string();
+        let t = Target {
+            image: &image,
+            domain: &reference.domain,
+            repo: Some(&reference.path),
+            push: false,
+            mount_from: None,
+        };
+        let n = self.fetch_blob(store, &t, digest, size)?;
+        remember_origins(store, reference, std::slice::from_ref(digest));
+        Ok(n)
+    }
+
     /// GETs a manifest by tag or digest and checks its bytes against `expected` (when pinned)
     /// or the registry's `Docker-Content-Digest`.
     fn fetch_manifest(

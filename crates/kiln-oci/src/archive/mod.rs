@@ -302,7 +302,11 @@ fn parse_digest(what: impl FnOnce() -> String, d: &oci_spec::image::Digest) -> R
 ///
 /// A `src` that is not compressed cannot become `diff_id` (it would be `diff_id` itself), so it
 /// fails at once with the digest it has. On any failure nothing new is stored.
-fn decompress_to_store(store: &Store, src: &Digest, diff_id: &Digest) -> Result<u64, StoreError> {
+pub fn decompress_to_store(
+    store: &Store,
+    src: &Digest,
+    diff_id: &Digest,
+) -> Result<u64, StoreError> {
     let path = store.blob_path(src);
     let io_err = |source| StoreError::Io {
         op: "decompress",

@@ -78,6 +78,16 @@ pub struct Args {
     #[arg(long)]
     pub explain_cache: bool,
 
+    /// Reuse steps from a cache: type=local,src=DIR, type=registry,ref=REF, or REF (also an
+    /// image pushed with an inline cache); repeatable.
+    #[arg(long = "cache-from", value_name = "SOURCE")]
+    pub cache_from: Vec<String>,
+
+    /// Export this build's steps: type=local,dest=DIR, type=registry,ref=REF, or type=inline
+    /// (in the image's config); add mode=max for every stage's steps; repeatable.
+    #[arg(long = "cache-to", value_name = "DEST")]
+    pub cache_to: Vec<String>,
+
     /// Stages built at once when they do not depend on each other (default: one per CPU).
     #[arg(
         long,
@@ -137,6 +147,7 @@ impl Progress for Plain {
                 writeln!(err, "#{id} DONE {:.1}s", elapsed.as_secs_f64())
             }
             Event::Warning(w) => writeln!(err, "WARNING: {w}"),
+            Event::Info(i) => writeln!(err, "{i}"),
         };
     }
 }
@@ -178,7 +189,36 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         // Re-executes kiln when unprivileged: do nothing with side effects before this.
         enter_build_namespace(args.quiet)?;
     }
-    let credentials = logins(&preview.base_registries)?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|c| {
+            kiln_build::cache_io::CacheLocation::parse(c)
+                .map(|(l, _)| l)
+                .map_err(|e| anyhow::anyhow!("--cache-from {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|c| {
+            kiln_build::cache_io::CacheLocation::parse(c)
+                .map(|(location, max)| kiln_build::cache_io::CacheExport { location, max })
+                .map_err(|e| anyhow::anyhow!("--cache-to {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut registries = preview.base_registries.clone();
+    for l in cache_from
+        .iter()
+        .chain(cache_to.iter().map(|c| &c.location))
+    {
+        if let kiln_build::cache_io::CacheLocation::Registry(r) = l {
+            registries.push(r.domain.clone());
+        }
+    }
+    registries.sort();
+    registries.dedup();
+    let credentials = logins(&registries)?;
     let tags = args
         .tags
         .iter()
@@ -232,6 +272,8 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         jobs: args.jobs,
+        cache_from,
+        cache_to,
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
