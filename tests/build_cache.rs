@@ -519,3 +519,68 @@ fn local_cache_export_and_import() {
     assert_eq!(c.hits(), 0);
     assert!(c.stderr.contains("WARNING: --cache-from"), "{}", c.stderr);
 }
+
+/// `--squash` merges the final stage's new layers into one above the base; `--squash-all`
+/// makes one layer of everything. The filesystem is the same as unsquashed: deletions of base
+/// files stay deleted, a directory removed and made again keeps only its new content.
+#[test]
+fn squash_and_squash_all_keep_the_filesystem() {
+    if !util::tools::require_root("RUN as root") {
+        return;
+    }
+    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+        return;
+    };
+    let dir = TestDir::new("squash");
+    let store = dir.path().join("store");
+    std::fs::copy(rootfs, dir.write("genesis/busybox.tar.xz", b"")).unwrap();
+    dir.write("genesis/Dockerfile", "FROM scratch\nADD busybox.tar.xz /\n");
+    let (out, _, err) = run(std::process::Command::new(kiln_bin())
+        .arg("--root")
+        .arg(&store)
+        .current_dir(dir.path())
+        .args(["build", "-q", "-t", "genesis", "genesis"]));
+    assert!(out.status.success(), "{err}");
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM genesis\n\
+         RUN rm /bin/vi && mkdir -p /d /keep && echo 1 > /d/a && echo k > /keep/k\n\
+         COPY f /f\n\
+         RUN rm -rf /d && mkdir /d && echo 2 > /d/b && ln /f /hard && rm /keep/k\n",
+    );
+    dir.write("ctx/f", "file\n");
+    let mut trees = Vec::new();
+    for (tag, flag, layers) in [
+        ("plain", None, 4),
+        ("squashed", Some("--squash"), 2),
+        ("all", Some("--squash-all"), 1),
+    ] {
+        let mut cmd = std::process::Command::new(kiln_bin());
+        cmd.arg("--root")
+            .arg(&store)
+            .current_dir(dir.path())
+            .args(["build", "-q", "-t", tag]);
+        cmd.args(flag).arg("ctx");
+        let (out, _, err) = run(&mut cmd);
+        assert!(out.status.success(), "{tag}: {err}");
+        assert_eq!(util::images::layers(&store, tag).len(), layers, "{tag}");
+        let info = inspect(&store, tag);
+        let history = info["History"].as_array().unwrap();
+        let non_empty = history.iter().filter(|h| h["empty_layer"] != true).count();
+        assert_eq!(non_empty, layers, "{tag}: one history entry per layer");
+        let tree = util::images::tree(&store, tag);
+        assert!(!tree.contains_key("bin/vi"), "{tag}");
+        assert!(!tree.contains_key("d/a"), "{tag}");
+        assert!(!tree.contains_key("keep/k"), "{tag}");
+        assert_eq!(tree["d/b"].content, b"2\n", "{tag}");
+        assert_eq!(tree["f"].content, b"file\n", "{tag}");
+        assert!(tree.contains_key("hard"), "{tag}");
+        assert!(tree.contains_key("bin/sh"), "{tag}");
+        trees.push((tag, tree));
+    }
+    let names = |t: &std::collections::BTreeMap<String, util::images::FileInfo>| {
+        t.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(names(&trees[0].1), names(&trees[1].1), "--squash");
+    assert_eq!(names(&trees[0].1), names(&trees[2].1), "--squash-all");
+}

@@ -60,6 +60,20 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheLocation>,
     /// `--cache-to`: where to export this build's steps.
     pub cache_to: Vec<CacheExport>,
+    /// `--squash` / `--squash-all`.
+    pub squash: Squash,
+}
+
+/// Merging the result's layers into one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Squash {
+    /// Keep every layer.
+    #[default]
+    No,
+    /// `--squash`: the target stage's new layers become one, on top of its base's layers.
+    New,
+    /// `--squash-all`: the whole image is one layer.
+    All,
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -94,6 +108,7 @@ impl BuildRequest {
             jobs: 0,
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            squash: Squash::No,
         }
     }
 }
@@ -332,6 +347,8 @@ fn build_with(
     let ids = AtomicUsize::new(0);
     let mut stages: BTreeMap<usize, ImageState> = BTreeMap::new();
     let mut stage_keys: BTreeMap<usize, Digest> = BTreeMap::new();
+    // Layers each stage starts with (what --squash keeps).
+    let mut base_layers: BTreeMap<usize, usize> = BTreeMap::new();
 
     // Every base image is pulled and loaded once, however many stages start from it.
     let mut bases: BTreeMap<&str, (ImageState, Digest)> = BTreeMap::new();
@@ -374,6 +391,7 @@ fn build_with(
                             Source::Stage(i) => (stages[i].clone(), stage_keys[i].clone()),
                             Source::Image(name) => bases[name.as_str()].clone(),
                         };
+                        base_layers.insert(index, base.layer_count());
                         // The finished stages this one may COPY --from.
                         let needed = plan.stages[index]
                             .deps
@@ -442,6 +460,14 @@ fn build_with(
             .collect()
     };
     let mut last = stages.remove(&plan.target).expect("target built");
+    let squash_from = match req.squash {
+        Squash::No => None,
+        Squash::New => Some(base_layers[&plan.target]),
+        Squash::All => Some(0),
+    };
+    if let Some(from) = squash_from {
+        last.squash(store, from, req.source_date_epoch, now)?;
+    }
     if req
         .cache_to
         .iter()

@@ -208,24 +208,7 @@ impl ImageState {
         let info = kiln_oci::layer::write_layer(store, Compression::None, |w| {
             w.set_clamp_mtime(source_date_epoch);
             for p in entries {
-                let entry = to_tar_entry(p);
-                let content = |source| kiln_oci::layer::LayerError::Content {
-                    path: p.path.clone(),
-                    source,
-                };
-                match &p.node.content {
-                    Content::None => w.append(&entry, None)?,
-                    Content::Bytes(b) => w.append(&entry, Some(&mut &b[..]))?,
-                    Content::Path(path) => {
-                        let mut f = File::open(path).map_err(content)?;
-                        w.append(&entry, Some(&mut f))?
-                    }
-                    Content::Slice { file, offset } => {
-                        let mut f = File::open(file).map_err(content)?;
-                        f.seek(SeekFrom::Start(*offset)).map_err(content)?;
-                        w.append(&entry, Some(&mut f.take(p.node.size)))?
-                    }
-                }
+                write_planned(w, p)?;
             }
             Ok(())
         })?;
@@ -291,7 +274,133 @@ impl ImageState {
         Ok(())
     }
 
-    /// The diffIDs of the layers, bottom first.
+    /// Number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Merges layers `from..` into one (`--squash`: the layers this build added; with `from`
+    /// 0, `--squash-all`). Deletions of lower files stay whiteouts, a directory deleted and
+    /// made again becomes opaque; the history entries of the merged layers become empty ones
+    /// and one entry for the new layer is added.
+    pub fn squash(
+        &mut self,
+        store: &Store,
+        from: usize,
+        source_date_epoch: Option<i64>,
+        now: (i64, u32),
+    ) -> Result<(), ImageError> {
+        let merged_count = self.layers.len().saturating_sub(from);
+        if merged_count < 2 && !(from == 0 && merged_count == 1) {
+            return Ok(());
+        }
+        // path -> what the merged layer holds there.
+        let mut out: BTreeMap<String, Squashed> = BTreeMap::new();
+        let remove_below = |out: &mut BTreeMap<String, Squashed>, dir: &str| {
+            let prefix = format!("{dir}/");
+            out.retain(|k, _| !k.starts_with(&prefix));
+        };
+        for layer in &self.layers[from..] {
+            let tar = uncompressed_layer(store, layer)?;
+            for (path, node) in index_tar(&tar)? {
+                let path = crate::rootfs::clean(&path);
+                let (dir, name) = match path.rfind('/') {
+                    Some(i) => (path[..i].to_owned(), path[i + 1..].to_owned()),
+                    None => (String::new(), path.clone()),
+                };
+                if name == ".wh..wh..opq" {
+                    remove_below(&mut out, &dir);
+                    match out.get_mut(&dir) {
+                        Some(Squashed::Node(_, opaque)) => *opaque = true,
+                        // With --squash-all there is nothing below to hide.
+                        _ if from == 0 => {}
+                        _ => {
+                            out.insert(format!("{dir}/.wh..wh..opq"), Squashed::Opaque);
+                        }
+                    }
+                    continue;
+                }
+                if let Some(victim) = name.strip_prefix(".wh.") {
+                    let target = if dir.is_empty() {
+                        victim.to_owned()
+                    } else {
+                        format!("{dir}/{victim}")
+                    };
+                    remove_below(&mut out, &target);
+                    // Only the base (or nothing, with --squash-all) can still hold it.
+                    if from == 0 {
+                        out.remove(&target);
+                    } else {
+                        out.insert(target, Squashed::Whiteout);
+                    }
+                    continue;
+                }
+                if path.is_empty() {
+                    continue;
+                }
+                let opaque = match out.get(&path) {
+                    // A directory deleted in this run of layers and made again hides what the
+                    // base had below it.
+                    Some(Squashed::Whiteout) => node.kind == Kind::Dir,
+                    Some(Squashed::Node(_, o)) => *o && node.kind == Kind::Dir,
+                    _ => false,
+                };
+                if node.kind != Kind::Dir {
+                    remove_below(&mut out, &path);
+                }
+                out.remove(&format!("{path}/.wh..wh..opq"));
+                out.insert(path, Squashed::Node(node, opaque));
+            }
+        }
+        let info = kiln_oci::layer::write_layer(store, Compression::None, |w| {
+            w.set_clamp_mtime(source_date_epoch);
+            // Hard links go last, so the files they name are written before them.
+            let (links, rest): (Vec<_>, Vec<_>) = out.iter().partition(
+                |(_, s)| matches!(s, Squashed::Node(n, _) if matches!(n.kind, Kind::Hardlink(_))),
+            );
+            for (path, item) in rest.into_iter().chain(links) {
+                match item {
+                    Squashed::Whiteout => w.append(&TarEntry::whiteout(path), None)?,
+                    Squashed::Opaque => {
+                        let dir = path.trim_end_matches("/.wh..wh..opq");
+                        w.append(&TarEntry::opaque_whiteout(dir), None)?
+                    }
+                    Squashed::Node(node, opaque) => {
+                        let p = Planned {
+                            path: path.clone(),
+                            node: node.clone(),
+                        };
+                        write_planned(w, &p)?;
+                        if *opaque && from > 0 {
+                            w.append(&TarEntry::opaque_whiteout(path), None)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.layers.truncate(from);
+        self.config.0.rootfs.diff_ids.truncate(from);
+        let mut seen = 0;
+        for h in self.config.0.history.iter_mut() {
+            if !h.empty_layer {
+                if seen >= from {
+                    h.empty_layer = true;
+                }
+                seen += 1;
+            }
+        }
+        self.rootfs = None;
+        let what = if from == 0 {
+            "--squash-all"
+        } else {
+            "--squash"
+        };
+        let created_by = format!("kiln build {what}: {merged_count} layers merged");
+        self.push_layer(store, info, source_date_epoch, now, &created_by)
+    }
+
+    /// The diffIDs of the layers, bottom first.    /// The diffIDs of the layers, bottom first.
     pub fn diff_ids(&self) -> Vec<Digest> {
         self.layers.iter().map(|l| l.diff_id.clone()).collect()
     }
@@ -374,6 +483,41 @@ fn to_rootfs_node(s: SrcNode, layer: usize) -> Node {
         xattrs: s.xattrs,
         origin,
         layer,
+    }
+}
+
+/// What a squashed layer holds at a path.
+enum Squashed {
+    /// An entry, and whether it is a directory that hides the lower layers' content.
+    Node(SrcNode, bool),
+    /// A whiteout of a lower path.
+    Whiteout,
+    /// An opaque marker for a directory the merged layers do not hold themselves.
+    Opaque,
+}
+
+/// Appends one planned entry with its content.
+fn write_planned<W: std::io::Write>(
+    w: &mut kiln_oci::layer::LayerWriter<W>,
+    p: &Planned,
+) -> Result<(), kiln_oci::layer::LayerError> {
+    let entry = to_tar_entry(p);
+    let content = |source| kiln_oci::layer::LayerError::Content {
+        path: p.path.clone(),
+        source,
+    };
+    match &p.node.content {
+        Content::None => w.append(&entry, None),
+        Content::Bytes(b) => w.append(&entry, Some(&mut &b[..])),
+        Content::Path(path) => {
+            let mut f = File::open(path).map_err(content)?;
+            w.append(&entry, Some(&mut f))
+        }
+        Content::Slice { file, offset } => {
+            let mut f = File::open(file).map_err(content)?;
+            f.seek(SeekFrom::Start(*offset)).map_err(content)?;
+            w.append(&entry, Some(&mut f.take(p.node.size)))
+        }
     }
 }
 

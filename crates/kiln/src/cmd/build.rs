@@ -88,6 +88,14 @@ pub struct Args {
     #[arg(long = "cache-to", value_name = "DEST")]
     pub cache_to: Vec<String>,
 
+    /// Merge the layers the final stage adds into one layer on top of its base.
+    #[arg(long, conflicts_with = "squash_all")]
+    pub squash: bool,
+
+    /// Merge all layers, the base image's included, into one.
+    #[arg(long)]
+    pub squash_all: bool,
+
     /// Stages built at once when they do not depend on each other (default: one per CPU).
     #[arg(
         long,
@@ -274,6 +282,11 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         jobs: args.jobs,
         cache_from,
         cache_to,
+        squash: match (args.squash, args.squash_all) {
+            (_, true) => kiln_build::Squash::All,
+            (true, _) => kiln_build::Squash::New,
+            _ => kiln_build::Squash::No,
+        },
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
