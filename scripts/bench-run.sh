@@ -30,7 +30,7 @@ cp "$KILN" "$T/kiln"
 as_user() { setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups env HOME="$T" XDG_RUNTIME_DIR="$T/run" "$@"; }
 
 # The base: busybox from Debian's busybox-static, built by kiln.
-mkdir -p "$T/genesis" "$T/overhead" "$T/heavy" "$T/run"
+mkdir -p "$T/genesis" "$T/overhead" "$T/heavy" "$T/run" "$T/node/src"
 scripts/make-busybox-rootfs.sh "$T/genesis/busybox.tar.xz" >/dev/null
 printf 'FROM scratch\nADD busybox.tar.xz /\nCMD ["sh"]\n' > "$T/genesis/Dockerfile"
 { echo "FROM genesis"; for _ in $(seq 50); do echo "RUN true"; done; } > "$T/overhead/Dockerfile"
@@ -47,6 +47,19 @@ RUN for i in $(seq 200); do mkdir -p /gen/$i && echo $i > /gen/$i/file; done && 
 RUN rm -rf /gen && rm /data/link && ln -s /data/renamed/c /data/link && echo re > /data/keep/a
 CMD ["sh"]
 DOCKERFILE
+# The tutorial layout: dependency manifest, install, then the sources.
+cat > "$T/node/Dockerfile" <<'DOCKERFILE'
+FROM genesis
+WORKDIR /app
+COPY package.json ./
+RUN for i in $(seq 300); do mkdir -p node_modules/m$i && echo "module $i" > node_modules/m$i/index.js; done \
+ && cp package.json installed.json
+COPY src ./src
+CMD ["sh", "-c", "cat src/index.js"]
+DOCKERFILE
+echo '{"name": "bench", "version": "1.0.0"}' > "$T/node/package.json"
+for i in $(seq 200); do echo "export const v$i = $i;" > "$T/node/src/file$i.js"; done
+echo 'console.log("hi")' > "$T/node/src/index.js"
 chown -R "$USER_NAME": "$T"
 (cd "$T" && as_user ./kiln --root "$T/kiln-store" build -q -t genesis -o genesis.tar genesis >/dev/null)
 
@@ -78,7 +91,7 @@ time_runs() { # label command...
 bench() { # name dir
   local name=$1 dir=$2
   local k b h
-  k=$(time_runs "kiln $name" as_user "$T/kiln" --root "$T/kiln-store" build -q --network none "$dir")
+  k=$(time_runs "kiln $name" as_user "$T/kiln" --root "$T/kiln-store" build -q --no-cache --network none "$dir")
   b=$(time_runs "BuildKit $name" env DOCKER_BUILDKIT=1 DOCKER_CONFIG="$T/docker" /usr/bin/docker -H "unix://$T/docker/sock" build -q --no-cache --network none "$dir")
   h=$(time_runs "buildah $name" as_user buildah $B bud -q --layers=false --network none "$dir")
   printf '| %s | %.3f s | %.3f s | %.3f s | %.2f× | %.2f× |\n' "$name" "$k" "$b" "$h" "$(echo "$k / $b" | bc -l)" "$(echo "$k / $h" | bc -l)"
@@ -87,3 +100,33 @@ echo "| build (median of $RUNS) | kiln (rootless) | BuildKit (dockerd 20.10) | b
 echo "|---|---|---|---|---|---|"
 bench "50 × RUN true" "$T/overhead"
 bench "run-heavy (4 RUN steps)" "$T/heavy"
+
+# The build cache: a rebuild with nothing changed, after editing one source file, and after
+# editing the dependency manifest (the install step runs again). Each builder is warmed once;
+# before every timed build the file is edited again, so each timed build sees a change.
+cached_build() { # builder dir
+  case $1 in
+    kiln) as_user "$T/kiln" --root "$T/kiln-store" build -q --network none -t node "$2" ;;
+    buildkit) env DOCKER_BUILDKIT=1 DOCKER_CONFIG="$T/docker" /usr/bin/docker -H "unix://$T/docker/sock" build -q --network none -t node "$2" ;;
+    buildah) as_user buildah $B bud -q --layers --network none -t node "$2" ;;
+  esac
+}
+time_edits() { # builder file-to-edit|- dir
+  local builder=$1 file=$2 dir=$3
+  for i in $(seq "$RUNS"); do
+    if [ "$file" != - ]; then as_user sh -c "echo '// edit $builder $i' >> '$file'"; fi
+    local t0; t0=$(now); cached_build "$builder" "$dir" >/dev/null 2>&1 || { echo "bench-run: $builder cache build failed" >&2; exit 1; }
+    echo "$(now) - $t0" | bc
+  done | median
+}
+for builder in kiln buildkit buildah; do cached_build "$builder" "$T/node" >/dev/null 2>&1; done
+bench_cache() { # name file|-
+  local name=$1 file=$2 k b h
+  k=$(time_edits kiln "$file" "$T/node")
+  b=$(time_edits buildkit "$file" "$T/node")
+  h=$(time_edits buildah "$file" "$T/node")
+  printf '| %s | %.3f s | %.3f s | %.3f s | %.2f× | %.2f× |\n' "$name" "$k" "$b" "$h" "$(echo "$k / $b" | bc -l)" "$(echo "$k / $h" | bc -l)"
+}
+bench_cache "node-style: no-op rebuild (all cached)" -
+bench_cache "node-style: one source file edited" "$T/node/src/file7.js"
+bench_cache "node-style: package.json edited (install reruns)" "$T/node/package.json"
