@@ -650,3 +650,61 @@ fn build_cache_shared_through_a_registry() {
         "{err}"
     );
 }
+
+/// `kiln pull` and `kiln push` draw a bar per blob on a terminal (run under `script`, which
+/// gives them one) and print a line per blob otherwise.
+#[test]
+fn transfer_progress_bars_on_a_terminal_lines_otherwise() {
+    let Some(reg) = Registry::start() else { return };
+    if !util::tools::require_tool("script") {
+        return;
+    }
+    let dir = TestDir::new("registry-progress");
+    dir.write(
+        "ctx/Dockerfile",
+        "FROM scratch\nCOPY big /big\nCOPY small /small\n",
+    );
+    let big: Vec<u8> = (0..3_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+    dir.write("ctx/big", &big);
+    dir.write("ctx/small", "small\n");
+    let (ok, _, err) = kiln(dir.path(), "a", &["build", "-q", "-t", "app", "ctx"]);
+    assert!(ok, "{err}");
+    let dest = reg.image("team/progress:1");
+    let in_terminal = |store: &str, args: &str| {
+        let cmd = format!(
+            "{} --root {} {args}",
+            kiln_bin().display(),
+            dir.path().join(store).display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{cmd}:\n{text}");
+        text
+    };
+    let pushed = in_terminal("a", &format!("push app {dest}"));
+    assert!(pushed.contains("\x1b[2K"), "redrawn lines: {pushed:?}");
+    assert!(pushed.contains("100%"), "{pushed:?}");
+    assert!(pushed.matches("uploaded\r\n").count() >= 3, "{pushed:?}");
+    let pulled = in_terminal("b", &format!("pull {dest}"));
+    assert!(
+        pulled.contains("\x1b[2K") && pulled.contains("downloaded"),
+        "{pulled:?}"
+    );
+
+    // Not a terminal: plain lines, no escape sequences.
+    let (ok, _, err) = kiln(dir.path(), "c", &["pull", &dest]);
+    assert!(ok, "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert_eq!(err.matches(": downloading ").count(), 3, "{err}");
+    assert_eq!(err.matches(": downloaded\n").count(), 3, "{err}");
+    // -q: nothing but the digest.
+    let (ok, out, err) = kiln(dir.path(), "d", &["pull", "-q", &dest]);
+    assert!(
+        ok && err.is_empty() && out.trim().starts_with("sha256:"),
+        "{err}"
+    );
+}

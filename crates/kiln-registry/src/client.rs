@@ -1,5 +1,6 @@
 //! The HTTP side: endpoints, authentication, retries and status-to-error mapping.
 
+use kiln_oci::digest::Digest;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub struct Client {
     basic_hosts: Mutex<HashSet<String>>,
     backoff: Duration,
     chunk_size: u64,
+    progress: Option<crate::ProgressFn>,
 }
 
 impl Default for Client {
@@ -145,6 +147,32 @@ impl Client {
             basic_hosts: Mutex::new(HashSet::new()),
             backoff: BACKOFF,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            progress: None,
+        }
+    }
+
+    /// Reports every blob download and upload to `f` (for progress bars).
+    pub fn with_progress(mut self, f: crate::ProgressFn) -> Client {
+        self.progress = Some(f);
+        self
+    }
+
+    /// A byte counter for blob `digest` that feeds the progress receiver, if there is one.
+    pub(crate) fn byte_report(&self, digest: &Digest) -> Option<crate::progress::ByteReport> {
+        let f = self.progress.clone()?;
+        let digest = digest.clone();
+        Some(std::sync::Arc::new(move |done| {
+            f(crate::Transfer::Progress {
+                digest: &digest,
+                done,
+            })
+        }))
+    }
+
+    /// Passes `t` to the progress receiver, if there is one.
+    pub(crate) fn report(&self, t: crate::Transfer<'_>) {
+        if let Some(f) = &self.progress {
+            f(t);
         }
     }
 

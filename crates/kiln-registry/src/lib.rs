@@ -25,11 +25,13 @@
 mod auth;
 mod client;
 mod error;
+mod progress;
 mod pull;
 mod push;
 
 pub use auth::{parse_challenges, Challenge};
 pub use client::{Client, Credentials, DEFAULT_CHUNK_SIZE};
 pub use error::{RegistryError, Result};
+pub use progress::{ProgressFn, Transfer};
 pub use pull::{Platform, PullReport};
 pub use push::PushReport;

@@ -14,6 +14,7 @@ use ureq::Body;
 
 use crate::client::{Client, Target};
 use crate::error::{RegistryError, Result};
+use crate::progress::Transfer;
 
 /// Concurrent blob downloads: enough to overlap latency, few enough not to annoy registries.
 const DOWNLOAD_THREADS: usize = 3;
@@ -313,11 +314,17 @@ impl Client {
         let url = self.url(t.domain, &format!("/v2/{repo}/blobs/{digest}"));
         let what = format!("blob {digest}");
         let mut attempt = 0;
+        self.report(Transfer::Start {
+            digest,
+            size,
+            upload: false,
+        });
+        let report = |done| self.report(Transfer::Progress { digest, done });
         loop {
             attempt += 1;
             let resp = self.send(t, |auth| self.get(&url, auth).call())?;
             let resp = self.check(t, resp, &what)?;
-            match copy_blob(store, t, resp, digest, size) {
+            match copy_blob(store, t, resp, digest, size, &report) {
                 // The partial temp file was dropped with its writer; start over.
                 Err(CopyError::Network(_)) if attempt < 3 => continue,
                 Err(CopyError::Network(e)) => {
@@ -328,7 +335,13 @@ impl Client {
                     })
                 }
                 Err(CopyError::Fatal(e)) => return Err(e),
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.report(Transfer::Done {
+                        digest,
+                        how: "downloaded",
+                    });
+                    return Ok(n);
+                }
             }
         }
     }
@@ -347,6 +360,7 @@ fn copy_blob(
     mut resp: Response<Body>,
     digest: &Digest,
     size: u64,
+    report: &dyn Fn(u64),
 ) -> std::result::Result<u64, CopyError> {
     let store_err = |source| {
         CopyError::Fatal(RegistryError::Store {
@@ -379,6 +393,7 @@ fn copy_blob(
         if received > size {
             break;
         }
+        report(received);
         w.write_all(&buf[..n]).map_err(|e| {
             CopyError::Fatal(RegistryError::Io {
                 image: t.image.to_owned(),

@@ -33,6 +33,7 @@ use ureq::{Body, SendBody};
 
 use crate::client::{Client, Target};
 use crate::error::{RegistryError, Result};
+use crate::progress::{Counting, Transfer};
 use crate::pull::{header, remember_origins};
 
 /// What a push did.
@@ -191,22 +192,41 @@ impl Client {
     /// upload.
     fn push_blob(&self, store: &Store, t: &Target<'_>, digest: &Digest, size: u64) -> Result<Sent> {
         if self.blob_exists(t, digest)? {
+            self.report(Transfer::Done {
+                digest,
+                how: "already there",
+            });
             return Ok(Sent::Present);
         }
         let session = match mount_source(store, t, digest) {
             Some(from) => match self.try_mount(t, digest, &from)? {
-                Mount::Done => return Ok(Sent::Mounted),
+                Mount::Done => {
+                    self.report(Transfer::Done {
+                        digest,
+                        how: "mounted",
+                    });
+                    return Ok(Sent::Mounted);
+                }
                 Mount::Session(s) => s,
                 Mount::Refused => self.start_upload(t, digest)?,
             },
             None => self.start_upload(t, digest)?,
         };
         let chunk = self.chunk_size().max(session.min_chunk);
+        self.report(Transfer::Start {
+            digest,
+            size,
+            upload: true,
+        });
         if size <= chunk {
-            self.upload_whole(store, t, digest, &session.location)?;
+            self.upload_whole(store, t, digest, size, &session.location)?;
         } else {
             self.upload_chunks(store, t, digest, size, chunk, session.location)?;
         }
+        self.report(Transfer::Done {
+            digest,
+            how: "uploaded",
+        });
         Ok(Sent::Uploaded)
     }
 
@@ -275,6 +295,7 @@ impl Client {
         store: &Store,
         t: &Target<'_>,
         digest: &Digest,
+        size: u64,
         location: &str,
     ) -> Result<()> {
         let put_url = self.upload_url(t.domain, location, digest);
@@ -288,9 +309,15 @@ impl Client {
                     return Err(ureq::Error::Other("blob file could not be opened".into()));
                 }
             };
+            let counted = Counting {
+                inner: file,
+                done: 0,
+                report: self.byte_report(digest),
+            };
             self.put(&put_url, auth)
                 .header("Content-Type", "application/octet-stream")
-                .send(file)
+                .header("Content-Length", size)
+                .send(SendBody::from_owned_reader(counted))
         });
         if let Some(e) = open_error {
             return Err(e);
@@ -327,11 +354,16 @@ impl Client {
                         return Err(ureq::Error::Other("blob file could not be opened".into()));
                     }
                 };
+                let counted = Counting {
+                    inner: file.take(len),
+                    done: offset,
+                    report: self.byte_report(digest),
+                };
                 self.patch(&url, auth)
                     .header("Content-Type", "application/octet-stream")
                     .header("Content-Range", &range)
                     .header("Content-Length", len)
-                    .send(SendBody::from_owned_reader(file.take(len)))
+                    .send(SendBody::from_owned_reader(counted))
             });
             if let Some(e) = open_error {
                 return Err(e);

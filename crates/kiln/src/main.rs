@@ -12,6 +12,7 @@ mod input;
 mod output;
 mod snapshots_gc;
 mod store;
+mod transfer;
 
 /// Build OCI images from Dockerfiles, without a daemon and without root.
 #[derive(Parser, Debug)]

@@ -35,7 +35,10 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     }
     let store = crate::store::open(root)?;
     let _lock = store.lock_shared()?;
-    let client = crate::auth::client_for(&args.insecure_registries, &[&reference.domain])?;
+    let mut client = crate::auth::client_for(&args.insecure_registries, &[&reference.domain])?;
+    if !args.quiet {
+        client = client.with_progress(crate::transfer::display());
+    }
     let report = client
         .pull(&store, &reference, &platform)
         .with_context(|| format!("pulling {}", reference.familiar()))?;

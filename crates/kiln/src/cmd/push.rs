@@ -117,7 +117,10 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
     let _lock = store.lock_shared()?;
     let img = images::find(&store, &args.image)?;
     let dest = Reference::parse(args.dest.as_deref().unwrap_or(&args.image))?;
-    let client = crate::auth::client_for(&args.insecure_registries, &[&dest.domain])?;
+    let mut client = crate::auth::client_for(&args.insecure_registries, &[&dest.domain])?;
+    if !args.quiet {
+        client = client.with_progress(crate::transfer::display());
+    }
     let shape = Shape {
         format: args.format.as_deref().map(parse_format).transpose()?,
         compression: match &args.compression {
