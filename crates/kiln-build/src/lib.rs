@@ -30,4 +30,6 @@ pub mod users;
 /// Image references live in kiln-oci; re-exported for callers of the build engine.
 pub use kiln_oci::reference;
 
-pub use exec::{build, BuildError, BuildRequest, Built, Event, NoProgress, Progress, PullPolicy};
+pub use exec::{
+    build, BuildError, BuildRequest, Built, Event, NoProgress, Progress, PullPolicy, SecretSource,
+};
