@@ -154,6 +154,32 @@ pub(super) fn prepare<'s>(
     }
     fs::create_dir_all(&dir)
         .map_err(|e| RunError::Setup(format!("creating {}: {e}", dir.display())))?;
+    // Caches first, in the order of their keys, so two builds that lock the same caches
+    // always take them in the same order; a key used twice in one step is taken once.
+    let mut caches: Vec<(usize, &CacheMount)> = mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match &m.kind {
+            MountKind::Cache(c) => Some((i, c)),
+            _ => None,
+        })
+        .collect();
+    caches.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+    let mut cache_dirs: HashMap<usize, PathBuf> = HashMap::new();
+    let mut by_key: HashMap<&str, PathBuf> = HashMap::new();
+    for (i, c) in caches {
+        let dir = match by_key.get(c.key.as_str()) {
+            Some(d) => d.clone(),
+            None => {
+                let d = p
+                    .cache(store, c, &format!("{key}-m{i}"))
+                    .map_err(|e| e.context(&mounts[i].target))?;
+                by_key.insert(&c.key, d.clone());
+                d
+            }
+        };
+        cache_dirs.insert(i, dir);
+    }
     let mut order: Vec<usize> = (0..mounts.len()).collect();
     order.sort_by(|a, b| mounts[*a].target.cmp(&mounts[*b].target));
     for i in order {
@@ -183,9 +209,16 @@ pub(super) fn prepare<'s>(
                 bind(src, m.readonly)
             }
             MountKind::Cache(c) => {
-                let src = p
-                    .cache(store, c, &format!("{key}-m{i}"))
-                    .map_err(|e| e.context(&m.target))?;
+                let dir = &cache_dirs[&i];
+                let src = if c.subdir.is_empty() {
+                    dir.clone()
+                } else {
+                    let owner = c.owner.map(|(u, g, _)| (u, g));
+                    let at = p.dir.join(format!("{key}-m{i}-sub"));
+                    p.pin_subdir(dir, &c.subdir, owner, &at)
+                        .map_err(|e| e.context(&m.target))?;
+                    at
+                };
                 bind(src, m.readonly)
             }
             MountKind::Tmpfs { size } => ExtraMount::Tmpfs(TmpfsMount {
@@ -277,8 +310,8 @@ impl Prepared<'_> {
         }
     }
 
-    /// Takes an instance of the cache (waiting as `sharing=locked` says) and returns what to
-    /// bind.
+    /// Takes an instance of the cache (waiting as `sharing=locked` says), held until the
+    /// step is over, and returns its directory.
     fn cache(&mut self, store: &Store, c: &CacheMount, key: &str) -> Result<PathBuf, Failure> {
         let root = store.root().join("cache-mounts");
         let spec = CacheSpec {
@@ -329,14 +362,7 @@ impl Prepared<'_> {
             Err(CacheError::Interrupted) => return Err(Failure::Interrupted),
             Err(e) => return Err(seed_error.unwrap_or_else(|| format!("cache: {e}")).into()),
         };
-        let path = if c.subdir.is_empty() {
-            dir.path.clone()
-        } else {
-            let owner = c.owner.map(|(u, g, _)| (u, g));
-            let at = self.dir.join(format!("{key}-sub"));
-            self.pin_subdir(&dir.path, &c.subdir, owner, &at)?;
-            at
-        };
+        let path = dir.path.clone();
         self.caches.push(dir);
         Ok(path)
     }
