@@ -174,6 +174,16 @@ fn cache_mount_persists_between_builds_and_stays_out_of_the_image() {
     let runs = w.cache_dir("/var/cache/app").join("0/runs");
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
     w.assert_clean();
+    // The caches hold files of subordinate ids (uid 1000 inside); prune removes them anyway.
+    let out = w.ok(&["prune", "--cache-mounts"]);
+    assert!(out.contains("Deleted 3 cache mount directories"), "{out}");
+    assert!(!runs.exists());
+    w.ok(&["build", "-t", "c:3", "ctx"]);
+    assert_eq!(
+        content(&w.image("c:3").0, "count").trim(),
+        "1",
+        "a pruned cache starts empty"
+    );
 }
 
 #[test]

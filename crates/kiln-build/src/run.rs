@@ -21,6 +21,7 @@ mod cache_mount;
 mod mounts;
 mod ssh_proxy;
 
+pub use cache_mount::{remove_unused as remove_cache_mounts, CacheError, Removed};
 pub use mounts::{CacheMount, MountKind, StepMount};
 
 /// Set once the build was asked to stop.

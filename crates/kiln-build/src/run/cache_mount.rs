@@ -43,14 +43,17 @@ pub(crate) struct CacheDir {
     _lock: Flock<File>,
 }
 
-/// Why a cache could not be had.
+/// Why a cache could not be had (or removed).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CacheError {
+pub enum CacheError {
     /// A file operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// To which file.
         path: PathBuf,
+        /// The error.
         source: io::Error,
     },
     /// Ctrl-C while waiting for a locked cache.
@@ -172,6 +175,59 @@ fn create_instance(
     made
 }
 
+/// What [`remove_unused`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// Cache directories deleted.
+    pub removed: usize,
+    /// Cache directories left because a build holds them.
+    pub busy: usize,
+}
+
+/// Deletes every cache directory below `root` (`STORE/cache-mounts`) that no build holds.
+/// Each instance is removed under its own exclusive lock, which is kept (a lock file is never
+/// deleted, so two builds can never hold two different files for one instance).
+pub fn remove_unused(root: &Path) -> Result<Removed, CacheError> {
+    let mut done = Removed::default();
+    let keys = match fs::read_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(io_err("reading", root)(e)),
+    };
+    for key in keys {
+        let base = key.map_err(io_err("reading", root))?.path();
+        if !base.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&base).map_err(io_err("reading", &base))? {
+            let entry = entry.map_err(io_err("reading", &base))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(".new-") {
+                // Left by a build killed while filling it; the creation lock tells.
+                let lock_path = base.join("create.lock");
+                if let Ok(_l) = Flock::lock(open_lock(&lock_path)?, FlockArg::LockExclusiveNonblock)
+                {
+                    let _ = fs::remove_dir_all(&path);
+                }
+                continue;
+            }
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) || !path.is_dir() {
+                continue;
+            }
+            let lock_path = base.join(format!("{name}.lock"));
+            match Flock::lock(open_lock(&lock_path)?, FlockArg::LockExclusiveNonblock) {
+                Ok(_held) => {
+                    fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+                    done.removed += 1;
+                }
+                Err(_) => done.busy += 1,
+            }
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +330,29 @@ mod tests {
         let _held = acquire(&r, &spec("id", Sharing::Locked), &mut mkdir, &never).unwrap();
         let e = acquire(&r, &spec("id", Sharing::Locked), &mut mkdir, &|| true);
         assert!(matches!(e, Err(CacheError::Interrupted)));
+        fs::remove_dir_all(&r).unwrap();
+    }
+
+    #[test]
+    fn removing_keeps_what_a_build_holds() {
+        let r = root("remove");
+        let held = acquire(&r, &spec("a", Sharing::Shared), &mut mkdir, &never).unwrap();
+        fs::write(held.path.join("f"), "x").unwrap();
+        let free = acquire(&r, &spec("b", Sharing::Shared), &mut mkdir, &never).unwrap();
+        let free_path = free.path.clone();
+        drop(free);
+        assert_eq!(
+            remove_unused(&r).unwrap(),
+            Removed {
+                removed: 1,
+                busy: 1
+            }
+        );
+        assert!(held.path.join("f").exists() && !free_path.exists());
+        assert_eq!(
+            remove_unused(&r.join("absent")).unwrap(),
+            Removed::default()
+        );
         fs::remove_dir_all(&r).unwrap();
     }
 
