@@ -709,3 +709,60 @@ fn cve_2024_1753_bind_of_a_stage_symlink_to_root_writes_nowhere_as_root() {
     let tree = util::images::tree(&dir.path().join("store"), "cve:1");
     assert!(!tree.keys().any(|k| k.contains(&marker)));
 }
+
+#[test]
+fn ctrl_c_while_waiting_for_a_locked_cache_stops_the_build() {
+    let Some(w) = Work::new("lock-wait") else {
+        return;
+    };
+    w.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM genesis\nARG N\n\
+             RUN --mount=type=cache,id=wait,target=/c,sharing=locked echo $N > /c/holder && sleep 4\n",
+        )],
+    );
+    let spawn = |n: &str| {
+        w.user
+            .command(kiln_bin())
+            .current_dir(w.path())
+            .arg("--root")
+            .arg(w.store())
+            .args(["build", "-q", "--build-arg", &format!("N={n}"), "ctx"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let holder = spawn("first");
+    let holder_file = w.cache_dir("wait").join("0/holder");
+    assert!(
+        util::tools::wait_until(Duration::from_secs(20), || holder_file.exists()),
+        "the first build never got the cache"
+    );
+    let waiter = spawn("second");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    assert!(util::tools::signal(waiter.id() as i32, 2));
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "stopped only after {:?}: it waited for the lock",
+        asked.elapsed()
+    );
+    let first = holder.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&holder_file).unwrap(), "first\n");
+    w.assert_clean();
+}

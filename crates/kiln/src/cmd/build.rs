@@ -169,12 +169,16 @@ fn parse_secrets(
             (None, None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
             (None, None, None) if std::path::Path::new(&id).is_file() => file(&id)?,
             (None, None, None) => bail!(
-                "--secret id={id}: give src=FILE or env=VARIABLE (there is no variable or file                  named {id:?})"
+                "--secret id={id}: give src=FILE or env=VARIABLE (there is no variable or file \
+                 named {id:?})"
             ),
             (Some(t), _, _) if t != "file" && t != "env" => {
                 bail!("--secret {spec:?}: type must be file or env, not {t:?}")
             }
-            _ => bail!("--secret {spec:?}: src and env do not go together (nor with the other type)"),
+            _ => bail!(
+                "--secret {spec:?}: type=file takes src=FILE, type=env takes env=VARIABLE; \
+                 not both"
+            ),
         };
         out.insert(id, source);
     }
@@ -206,7 +210,8 @@ fn parse_ssh(specs: &[String]) -> Result<std::collections::BTreeMap<String, Path
             std::fs::metadata(&path).with_context(|| format!("--ssh {id}: {}", path.display()))?;
         if !md.file_type().is_socket() {
             bail!(
-                "--ssh {id}: {} is not a socket; kiln forwards ssh-agent sockets only (load the key                  with ssh-add and pass the agent: --ssh {id}=$SSH_AUTH_SOCK)",
+                "--ssh {id}: {} is not a socket; kiln forwards ssh-agent sockets only (load the \
+                 key with ssh-add and pass the agent: --ssh {id}=$SSH_AUTH_SOCK)",
                 path.display()
             );
         }
