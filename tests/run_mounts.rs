@@ -766,3 +766,98 @@ fn ctrl_c_while_waiting_for_a_locked_cache_stops_the_build() {
     assert_eq!(std::fs::read_to_string(&holder_file).unwrap(), "first\n");
     w.assert_clean();
 }
+
+/// Mounts of every type, on targets that exist in the image and on targets that do not: kiln's
+/// rootless image must have the same files as BuildKit's.
+const MOUNTS_VS_BUILDKIT: &str = "FROM genesis\nWORKDIR /work\n\
+RUN --mount=type=cache,target=/root/.cache echo x > /root/.cache/f && echo one > /one\n\
+RUN --mount=type=cache,id=deep,target=/var/cache/new/deep echo x > /var/cache/new/deep/f && echo two > /two\n\
+RUN --mount=type=tmpfs,target=/tmp/t echo t > /tmp/t/x && mkdir -p /srv && echo three > /srv/three\n\
+RUN --mount=type=bind,source=src,target=/mnt/src cp /mnt/src/a.txt /copied\n\
+RUN --mount=type=bind,source=src,target=rel,rw echo changed > rel/a.txt && echo four > /four\n\
+RUN --mount=type=secret,id=tok,required=true wc -c < /run/secrets/tok > /toklen\n\
+RUN --mount=type=secret,id=tok,target=/etc/tok-file cat /etc/tok-file > /dev/null\n\
+RUN --mount=type=bind,source=src,target=/opt/mnt/src ls /opt/mnt/src > /opt/listing\n";
+
+#[test]
+fn mounts_leave_the_same_files_as_buildkit() {
+    let Some(w) = Work::new("vs-buildkit") else {
+        return;
+    };
+    let ctx = w.context(
+        "ctx",
+        &[("src/a.txt", "a\n"), ("Dockerfile", MOUNTS_VS_BUILDKIT)],
+    );
+    std::fs::write(w.path().join("tok.txt"), "not in the image\n").unwrap();
+    w.user.chown(w.path());
+    w.ok(&["save", "-o", "genesis.tar", "genesis"]);
+    w.ok(&[
+        "build",
+        "-t",
+        "m:kiln",
+        "--secret",
+        "id=tok,src=tok.txt",
+        "-o",
+        "m-kiln.tar",
+        "ctx",
+    ]);
+    let Some(d) = util::dockerd::Dockerd::start() else {
+        return;
+    };
+    util::tools::assert_success(&d.load(&w.path().join("genesis.tar")), "docker load");
+    let secret = format!("id=tok,src={}", w.path().join("tok.txt").display());
+    util::tools::assert_success(
+        &d.buildkit_build(
+            &ctx,
+            &ctx.join("Dockerfile"),
+            "m:bk",
+            &["--network", "none", "--secret", &secret],
+        ),
+        "BuildKit build",
+    );
+    util::tools::assert_success(&d.load(&w.path().join("m-kiln.tar")), "docker load kiln's");
+    let bk = d.exported_tree("m:bk", w.path());
+    let kl = d.exported_tree("m:kiln", w.path());
+    // dockerd 20.10 bundles BuildKit 0.8, which leaves the directories it made as mount points
+    // in the image; BuildKit 0.10 and later remove them while empty (its MountStubsCleaner), as
+    // kiln does. Those, and only those, may differ.
+    let targets = [
+        "root/.cache",
+        "var/cache/new/deep",
+        "tmp/t",
+        "mnt/src",
+        "work/rel",
+        "run/secrets/tok",
+        "etc/tok-file",
+        "opt/mnt/src",
+    ];
+    let is_mount_point = |p: &str| {
+        targets
+            .iter()
+            .any(|t| *t == p || t.starts_with(&format!("{p}/")))
+    };
+    let mut stubs = 0;
+    for path in bk
+        .keys()
+        .chain(kl.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (bk.get(path), kl.get(path)) {
+            (a, b) if a == b => {}
+            (Some(dir), None) if dir.starts_with("b'5'") && is_mount_point(path) => stubs += 1,
+            (a, b) => panic!("{path}: BuildKit {a:?} vs kiln {b:?}"),
+        }
+    }
+    println!(
+        "compared {} paths with BuildKit; {stubs} old-BuildKit mount points left out",
+        bk.len()
+    );
+    assert!(bk.len() > 250, "{}", bk.len());
+    for (f, want) in [
+        ("copied", "a\n"),
+        ("toklen", "17\n"),
+        ("opt/listing", "a.txt\n"),
+    ] {
+        assert!(kl.contains_key(f), "{f} missing ({want:?})");
+    }
+}
