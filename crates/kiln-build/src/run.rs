@@ -211,7 +211,7 @@ pub fn run_step(
     );
     drop(running);
     drop(prepared);
-    if status.success() {
+    if status.success() && !mount_stubs.is_empty() {
         kiln_sandbox::run::remove_stubs(&root, &mount_stubs)
             .map_err(|e| setup("removing mount points")(e.to_string()))?;
     }
