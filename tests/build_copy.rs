@@ -267,8 +267,8 @@ fn copy_errors_are_clear() {
             "/f is not a directory",
         ),
         (
-            "FROM scratch\nRUN --mount=type=cache,target=/c true\n",
-            "RUN --mount is not supported yet",
+            "FROM scratch\nRUN --security=insecure true\n",
+            "RUN --security=insecure is not supported",
         ),
         (
             "FROM nosuchimage:1\n",

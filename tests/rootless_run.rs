@@ -72,83 +72,6 @@ fn kiln(
     (out.status.success(), stdout, stderr)
 }
 
-/// An image's files as (type, mode, uid, gid, size, link, content) from `docker export`.
-fn exported_tree(d: &Dockerd, image: &str, dir: &Path) -> BTreeMap<String, String> {
-    let name = format!("x-{}", image.replace([':', '/'], "-"));
-    let _ = d.docker(&["rm", "-f", &name]);
-    assert_success(
-        &d.docker(&["create", "--pull=never", "--name", &name, image, "true"]),
-        "docker create",
-    );
-    let tar = dir.join(format!("{name}.tar"));
-    assert_success(
-        &d.docker(&["export", "-o", tar.to_str().unwrap(), &name]),
-        "docker export",
-    );
-    let _ = d.docker(&["rm", "-f", &name]);
-    let code = "import tarfile,hashlib,sys\nfor m in tarfile.open(sys.argv[1]):\n    \
-        h = hashlib.sha256(tarfile.open(sys.argv[1]).extractfile(m).read()).hexdigest()[:16] if m.isfile() else ''\n    \
-        print(f'{m.name}\\t{m.type!r} {oct(m.mode)} {m.uid}:{m.gid} {m.size} {m.linkname} {h}')";
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .arg(&tar)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        // dockerd adds these to every container it creates.
-        .filter(|(p, _)| {
-            !matches!(
-                *p,
-                ".dockerenv"
-                    | "etc/hostname"
-                    | "etc/hosts"
-                    | "etc/resolv.conf"
-                    | "etc/mtab"
-                    | "proc"
-                    | "sys"
-                    | "dev"
-            ) && !p.starts_with("dev/")
-        })
-        .map(|(p, v)| (p.trim_end_matches('/').to_string(), v.to_string()))
-        .collect()
-}
-
-/// Exports both images from dockerd and asserts their file trees are identical; returns how
-/// many paths were compared.
-fn assert_same_tree_as_buildkit(d: &Dockerd, buildkit: &str, kiln: &str, dir: &Path) -> usize {
-    let (bk, kl) = (exported_tree(d, buildkit, dir), exported_tree(d, kiln, dir));
-    let mut diffs = Vec::new();
-    for path in bk
-        .keys()
-        .chain(kl.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if bk.get(path) != kl.get(path) {
-            diffs.push(format!(
-                "{path}: BuildKit {:?} vs kiln {:?}",
-                bk.get(path),
-                kl.get(path)
-            ));
-        }
-    }
-    assert!(
-        diffs.is_empty(),
-        "{} differences, first ones:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(30)].join("\n")
-    );
-    bk.len()
-}
-
 #[test]
 fn run_steps_give_the_same_files_as_buildkit() {
     if !require_root("dockerd for the BuildKit comparison") {
@@ -198,7 +121,7 @@ fn run_steps_give_the_same_files_as_buildkit() {
         &d.load(&dir.path().join("changes.tar")),
         "docker load kiln's image",
     );
-    let paths = assert_same_tree_as_buildkit(&d, "changes:bk", "changes:kiln", dir.path());
+    let paths = d.assert_same_tree("changes:bk", "changes:kiln", dir.path());
     println!("compared {paths} paths with BuildKit");
     assert!(
         paths > 250,
@@ -583,7 +506,7 @@ fn debian_base_builds_the_same_files_as_buildkit() {
         &d.load(&work.path().join("deb-kiln.tar")),
         "docker load kiln's image",
     );
-    let paths = assert_same_tree_as_buildkit(&d, "deb:bk", "deb:kiln", dir.path());
+    let paths = d.assert_same_tree("deb:bk", "deb:kiln", dir.path());
     println!("compared {paths} paths of a Debian image with BuildKit");
     assert!(paths > 5000, "{paths} paths");
 }

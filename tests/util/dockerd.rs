@@ -9,6 +9,7 @@
 //! ```
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -201,6 +202,86 @@ impl Dockerd {
                 .args(extra)
                 .arg(context),
         )
+    }
+
+    /// An image's files as (type, mode, uid, gid, size, link, content) from `docker export`.
+    pub fn exported_tree(&self, image: &str, dir: &Path) -> BTreeMap<String, String> {
+        let name = format!("x-{}", image.replace([':', '/'], "-"));
+        let _ = self.docker(&["rm", "-f", &name]);
+        assert_success(
+            &self.docker(&["create", "--pull=never", "--name", &name, image, "true"]),
+            "docker create",
+        );
+        let tar = dir.join(format!("{name}.tar"));
+        assert_success(
+            &self.docker(&["export", "-o", tar.to_str().unwrap(), &name]),
+            "docker export",
+        );
+        let _ = self.docker(&["rm", "-f", &name]);
+        let code = "import tarfile,hashlib,sys\nfor m in tarfile.open(sys.argv[1]):\n    \
+            h = hashlib.sha256(tarfile.open(sys.argv[1]).extractfile(m).read()).hexdigest()[:16] if m.isfile() else ''\n    \
+            print(f'{m.name}\\t{m.type!r} {oct(m.mode)} {m.uid}:{m.gid} {m.size} {m.linkname} {h}')";
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .arg(&tar)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            // dockerd adds these to every container it creates.
+            .filter(|(p, _)| {
+                !matches!(
+                    *p,
+                    ".dockerenv"
+                        | "etc/hostname"
+                        | "etc/hosts"
+                        | "etc/resolv.conf"
+                        | "etc/mtab"
+                        | "proc"
+                        | "sys"
+                        | "dev"
+                ) && !p.starts_with("dev/")
+            })
+            .map(|(p, v)| (p.trim_end_matches('/').to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Exports both images and asserts their file trees are identical; returns how many paths
+    /// were compared.
+    pub fn assert_same_tree(&self, buildkit: &str, kiln: &str, dir: &Path) -> usize {
+        let (bk, kl) = (
+            self.exported_tree(buildkit, dir),
+            self.exported_tree(kiln, dir),
+        );
+        let mut diffs = Vec::new();
+        for path in bk
+            .keys()
+            .chain(kl.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if bk.get(path) != kl.get(path) {
+                diffs.push(format!(
+                    "{path}: BuildKit {:?} vs kiln {:?}",
+                    bk.get(path),
+                    kl.get(path)
+                ));
+            }
+        }
+        assert!(
+            diffs.is_empty(),
+            "{} differences, first ones:\n{}",
+            diffs.len(),
+            diffs[..diffs.len().min(30)].join("\n")
+        );
+        bk.len()
     }
 
     /// `docker load -i ARCHIVE`.

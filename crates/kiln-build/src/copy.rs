@@ -132,6 +132,14 @@ impl SourceTree {
         self.nodes.len() <= 1
     }
 
+    /// Every path below `dir` (not `dir` itself), in order: parents before their children.
+    pub fn below<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a SrcNode)> + 'a {
+        self.descendants(dir)
+    }
+
     /// Every path below `dir`, in order.
     fn descendants<'a>(
         &'a self,

@@ -11,7 +11,7 @@ use crate::rootfs::{clean, Kind};
 use crate::users::{self, Owner};
 use kiln_context::ignore::Matcher;
 use kiln_dockerfile::instructions::{
-    Chmod, Command, CommandLine, CopyCmd, Healthcheck, Instruction,
+    Chmod, Command, CommandLine, CopyCmd, Healthcheck, Instruction, MountType,
 };
 use kiln_dockerfile::stages::{BuildOptions, Dockerfile, Scope, Source};
 use kiln_dockerfile::{Error as DfError, Span};
@@ -62,6 +62,10 @@ pub struct BuildRequest {
     pub cache_to: Vec<CacheExport>,
     /// `--squash` / `--squash-all`.
     pub squash: Squash,
+    /// `--secret`s by id, for `RUN --mount=type=secret`.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `--ssh` agent sockets by id, for `RUN --mount=type=ssh`.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// Merging the result's layers into one.
@@ -74,6 +78,16 @@ pub enum Squash {
     New,
     /// `--squash-all`: the whole image is one layer.
     All,
+}
+
+/// Where a `--secret` comes from. Its value is read when a step mounts it, and goes into no
+/// layer, config or history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file's content.
+    File(PathBuf),
+    /// An environment variable of kiln's (unset: the secret is missing).
+    Env(String),
 }
 
 /// `--pull`: when a base image is fetched from its registry.
@@ -109,6 +123,8 @@ impl BuildRequest {
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             squash: Squash::No,
+            secrets: BTreeMap::new(),
+            ssh: BTreeMap::new(),
         }
     }
 }
@@ -393,7 +409,7 @@ fn build_with(
                         };
                         base_layers.insert(index, base.layer_count());
                         // The finished stages this one may COPY --from.
-                        let needed = plan.stages[index]
+                        let needed: BTreeMap<usize, ImageState> = plan.stages[index]
                             .deps
                             .iter()
                             .filter_map(|d| match d.source {
@@ -401,6 +417,8 @@ fn build_with(
                                 _ => None,
                             })
                             .collect();
+                        let needed_keys =
+                            needed.keys().map(|i| (*i, stage_keys[i].clone())).collect();
                         let mut ctx = Ctx {
                             store,
                             req,
@@ -409,6 +427,9 @@ fn build_with(
                             step_now: now,
                             context: &context,
                             stages: needed,
+                            stage_keys: needed_keys,
+                            images: BTreeMap::new(),
+                            context_tree: None,
                             tmp: store.root().join("tmp"),
                             snapshots: &snapshots,
                             cache: &cache,
@@ -554,15 +575,14 @@ fn refuse_unsupported(df: &Dockerfile, order: &[usize]) -> Result<(), BuildError
             let Command::Run(r) = &ins.command else {
                 continue;
             };
-            let unsupported = if !r.mounts.is_empty() {
-                Some("RUN --mount is not supported yet")
-            } else if r.security == Some(kiln_dockerfile::instructions::Security::Insecure) {
-                Some("RUN --security=insecure is not supported")
-            } else if !r.devices.is_empty() {
-                Some("RUN --device is not supported")
-            } else {
-                None
-            };
+            let unsupported =
+                if r.security == Some(kiln_dockerfile::instructions::Security::Insecure) {
+                    Some("RUN --security=insecure is not supported")
+                } else if !r.devices.is_empty() {
+                    Some("RUN --device is not supported")
+                } else {
+                    None
+                };
             if let Some(msg) = unsupported {
                 errors.push(DfError::new(msg, ins.span));
             }
@@ -606,6 +626,12 @@ struct Ctx<'a> {
     context: &'a Mutex<Option<SourceTree>>,
     /// Finished stages this one reads (and images it COPYs from).
     stages: BTreeMap<usize, ImageState>,
+    /// Cache keys of those stages (a `RUN --mount=from=stage` depends on them).
+    stage_keys: BTreeMap<usize, Digest>,
+    /// Images named by `RUN --mount=from=`, loaded once.
+    images: BTreeMap<String, ImageState>,
+    /// The context as `RUN --mount=type=bind` sources read it, once loaded.
+    context_tree: Option<SourceTree>,
     tmp: PathBuf,
     snapshots: &'a Mutex<Option<Arc<kiln_snapshot::snapshots::Snapshots>>>,
     cache: &'a StepCache,
@@ -767,11 +793,12 @@ impl Ctx<'_> {
                 }
                 Some(planned)
             }
-            Command::Run(_) => {
+            Command::Run(r) => {
                 for (k, v) in scope.run_env() {
                     inputs.push(format!("env {k}"), cache::hidden(&v));
                 }
                 inputs.push("network", format!("{:?}", self.req.network));
+                self.mount_inputs(ins, r, &mut inputs)?;
                 None
             }
             // Everything else (WORKDIR's directory included) follows from the instruction and
@@ -966,17 +993,21 @@ impl Ctx<'_> {
             }
         };
         let snapshots = snapshots.as_ref();
+        self.load_mount_sources(ins, r)?;
         let expand = |s: &str| scope.expand(s).unwrap_or_else(|_| s.to_string());
         let default_network = match self.req.network {
             kiln_dockerfile::instructions::NetworkMode::None => kiln_sandbox::run::Network::None,
             _ => kiln_sandbox::run::Network::Host,
         };
+        let mut env = scope.run_env();
+        let mounts = self.step_mounts(scope, ins, r, &mut env)?;
         let step = crate::run::Step {
             run: r,
-            env: scope.run_env(),
+            env,
             expand: &expand,
             default_network,
             source_date_epoch: self.req.source_date_epoch,
+            mounts,
         };
         let mut emit = |line: &str| progress.output(line);
         let result =
@@ -1007,6 +1038,328 @@ impl Ctx<'_> {
                 state.add_empty_history(created_by, self.req.source_date_epoch, self.step_now);
                 Ok(None)
             }
+        }
+    }
+
+    /// What a RUN's bind mounts (and cache seeds) read becomes part of its key: the files of
+    /// the context below `source` (path, type, mode, owner, content), or the key of the stage
+    /// or the image named by `from=`. Cache contents, secrets and agents are not (as BuildKit).
+    fn mount_inputs(
+        &mut self,
+        ins: &Instruction,
+        r: &kiln_dockerfile::instructions::RunCmd,
+        inputs: &mut Inputs,
+    ) -> Result<(), BuildError> {
+        self.load_mount_sources(ins, r)?;
+        for (n, m) in r.mounts.iter().enumerate() {
+            let binds = match m.kind {
+                MountType::Bind => true,
+                MountType::Cache => m.from.is_some(),
+                _ => false,
+            };
+            if !binds {
+                continue;
+            }
+            let value = match m.from.as_deref() {
+                None => {
+                    let tree = self.context()?;
+                    let source = clean(m.source.as_deref().unwrap_or("."));
+                    let mut h = kiln_oci::digest::Sha256Hasher::new();
+                    let blobs = self.store.root().join("blobs");
+                    let root = tree.get(&source).into_iter().map(|n| (&source, n));
+                    for (path, node) in root.chain(tree.below(&source)) {
+                        let planned = Planned {
+                            path: path.clone(),
+                            node: node.clone(),
+                        };
+                        let content = self
+                            .cache
+                            .content_digest(&planned, &blobs)
+                            .map_err(|e| BuildError::step(ins, format!("reading {path}: {e}")))?;
+                        h.update(
+                            format!(
+                                "{path}\0{:?} {:o} {}:{} {}\n",
+                                node.kind,
+                                node.mode,
+                                node.uid,
+                                node.gid,
+                                content.map_or_else(|| "-".to_owned(), |d| d.to_string())
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    h.finish().0.to_string()
+                }
+                Some(from) => match self.df.find_stage(from) {
+                    Some(i) => self
+                        .stage_keys
+                        .get(&i)
+                        .map_or_else(|| format!("stage {i}"), |k| k.to_string()),
+                    None => match self.images.get(from) {
+                        Some(image) => image.content_key()?.to_string(),
+                        None => format!("image {from}"),
+                    },
+                },
+            };
+            inputs.push(format!("mount {n}"), value);
+        }
+        Ok(())
+    }
+
+    /// Loads what `RUN --mount`s read from: the context, and images named by `from=`.
+    fn load_mount_sources(
+        &mut self,
+        ins: &Instruction,
+        r: &kiln_dockerfile::instructions::RunCmd,
+    ) -> Result<(), BuildError> {
+        for m in &r.mounts {
+            if !matches!(m.kind, MountType::Bind | MountType::Cache) {
+                continue;
+            }
+            match m.from.as_deref() {
+                None if m.kind == MountType::Bind && self.context_tree.is_none() => {
+                    self.context_tree = Some(self.context()?);
+                }
+                None => {}
+                Some(from)
+                    if self.df.find_stage(from).is_some() || self.images.contains_key(from) => {}
+                Some(from) => {
+                    let loaded = ensure_pulled(self.store, self.req, from)
+                        .and_then(|()| image::load(self.store, from))
+                        .map_err(|e| BuildError::Step {
+                            span: ins.span,
+                            message: format!("RUN --mount from={from}: {e}"),
+                            help: e.help(),
+                        })?;
+                    self.images.insert(from.to_string(), loaded);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The step's mounts, resolved: targets made absolute, sources checked, secrets read.
+    /// Secrets with `env=` and `SSH_AUTH_SOCK` go into `env`.
+    fn step_mounts(
+        &self,
+        scope: &Scope,
+        ins: &Instruction,
+        r: &kiln_dockerfile::instructions::RunCmd,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<Vec<crate::run::StepMount<'_>>, BuildError> {
+        use crate::run::{CacheMount, MountKind, StepMount};
+        let fail = |m: String| BuildError::step(ins, format!("RUN --mount: {m}"));
+        let mut out = Vec::new();
+        let mut ssh_targets = Vec::new();
+        let mut ssh_index = 0;
+        for m in &r.mounts {
+            let target = || -> Result<String, BuildError> {
+                let t = m.target.as_deref().unwrap_or_default();
+                mount_target(t, scope.workdir()).map_err(&fail)
+            };
+            let number =
+                |v: &Option<String>, default: u32, radix: u32| -> Result<u32, BuildError> {
+                    match v.as_deref() {
+                        None => Ok(default),
+                        Some(s) => u32::from_str_radix(s, radix)
+                            .map_err(|_| fail(format!("invalid number {s:?}"))),
+                    }
+                };
+            // What `from=` names, for bind sources and cache seeds.
+            let from_kind = |source: &str| -> Result<MountKind<'_>, BuildError> {
+                match m.from.as_deref() {
+                    None => {
+                        let source = clean_source(source, "the build context").map_err(&fail)?;
+                        Ok(MountKind::Context {
+                            tree: self.context_tree.as_ref().expect("loaded"),
+                            source,
+                        })
+                    }
+                    Some(from) => {
+                        let (state, name) = match self.df.find_stage(from) {
+                            Some(i) => (
+                                self.stages.get(&i).ok_or_else(|| {
+                                    fail(format!("stage {from:?} is not built before this one"))
+                                })?,
+                                format!("stage {from:?}"),
+                            ),
+                            None => (
+                                self.images.get(from).expect("loaded"),
+                                format!("image {from:?}"),
+                            ),
+                        };
+                        let source = clean_source(source, &name).map_err(&fail)?;
+                        Ok(MountKind::Image {
+                            state,
+                            name,
+                            source,
+                        })
+                    }
+                }
+            };
+            match m.kind {
+                MountType::Bind => {
+                    let kind = from_kind(m.source.as_deref().unwrap_or("."))?;
+                    out.push(StepMount {
+                        target: target()?,
+                        readonly: m.readonly,
+                        kind,
+                    });
+                }
+                MountType::Cache => {
+                    let target = target()?;
+                    // BuildKit: the id defaults to the target as written.
+                    let id =
+                        m.id.clone()
+                            .unwrap_or_else(|| m.target.clone().unwrap_or_default());
+                    let explicit = m.uid.is_some() || m.gid.is_some() || m.mode.is_some();
+                    let owner = (
+                        number(&m.uid, 0, 10)?,
+                        number(&m.gid, 0, 10)?,
+                        number(&m.mode, 0o755, 8)?,
+                    );
+                    let source = m.source.as_deref().unwrap_or("");
+                    let mut key = id.clone();
+                    if explicit || m.from.is_some() {
+                        key.push_str(&format!(
+                            "\nfrom={} source={} owner={}:{} mode={:o}",
+                            m.from.as_deref().unwrap_or(""),
+                            source,
+                            owner.0,
+                            owner.1,
+                            owner.2
+                        ));
+                    }
+                    let (seed, subdir) = match m.from {
+                        Some(_) => (Some(Box::new(from_kind(source)?)), String::new()),
+                        None => (None, clean_source(source, "the cache").map_err(&fail)?),
+                    };
+                    out.push(StepMount {
+                        target,
+                        readonly: m.readonly,
+                        kind: MountKind::Cache(CacheMount {
+                            key,
+                            sharing: m.sharing,
+                            owner: (explicit || m.from.is_none()).then_some(owner),
+                            seed,
+                            subdir,
+                        }),
+                    });
+                }
+                MountType::Tmpfs => {
+                    let size = m
+                        .size
+                        .as_deref()
+                        .map(parse_size)
+                        .transpose()
+                        .map_err(&fail)?;
+                    out.push(StepMount {
+                        target: target()?,
+                        readonly: m.readonly,
+                        kind: MountKind::Tmpfs { size },
+                    });
+                }
+                MountType::Secret => {
+                    let id = m.id.clone().unwrap_or_default();
+                    let Some(data) = self.secret(&id).map_err(&fail)? else {
+                        if m.required {
+                            return Err(BuildError::Step {
+                                span: ins.span,
+                                message: format!("RUN --mount: secret {id:?} is required but was not given"),
+                                help: Some(format!(
+                                    "pass it with --secret id={id},src=FILE or --secret id={id},env=VARIABLE"
+                                )),
+                            });
+                        }
+                        continue;
+                    };
+                    if let Some(var) = &m.env {
+                        let value = String::from_utf8(data.clone()).map_err(|_| {
+                            fail(format!(
+                                "secret {id:?} is not UTF-8 text, so it cannot be the variable {var}"
+                            ))
+                        })?;
+                        env.retain(|(k, _)| k != var);
+                        env.push((var.clone(), value));
+                    }
+                    if m.target.is_some() {
+                        out.push(StepMount {
+                            target: target()?,
+                            readonly: true,
+                            kind: MountKind::Secret {
+                                data,
+                                uid: number(&m.uid, 0, 10)?,
+                                gid: number(&m.gid, 0, 10)?,
+                                mode: number(&m.mode, 0o400, 8)?,
+                            },
+                        });
+                    }
+                }
+                MountType::Ssh => {
+                    let n = ssh_index;
+                    ssh_index += 1;
+                    let id = m.id.clone().unwrap_or_else(|| "default".into());
+                    let Some(agent) = self.req.ssh.get(&id) else {
+                        if m.required {
+                            return Err(BuildError::Step {
+                                span: ins.span,
+                                message: format!(
+                                    "RUN --mount: ssh agent {id:?} is required but was not given"
+                                ),
+                                help: Some(format!(
+                                    "pass it with --ssh {id}=$SSH_AUTH_SOCK (or --ssh default)"
+                                )),
+                            });
+                        }
+                        continue;
+                    };
+                    let target = match &m.target {
+                        Some(_) => target()?,
+                        None => format!("/run/buildkit/ssh_agent.{n}"),
+                    };
+                    ssh_targets.push(target.clone());
+                    out.push(StepMount {
+                        target,
+                        readonly: false,
+                        kind: MountKind::Ssh {
+                            agent: agent.clone(),
+                            uid: number(&m.uid, 0, 10)?,
+                            gid: number(&m.gid, 0, 10)?,
+                            mode: number(&m.mode, 0o600, 8)?,
+                        },
+                    });
+                }
+            }
+        }
+        // As BuildKit: the first agent's socket, unless the step's environment names one.
+        if let Some(first) = ssh_targets.first() {
+            if !env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                env.push(("SSH_AUTH_SOCK".into(), first.clone()));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &out {
+            if !seen.insert(m.target.as_str()) {
+                return Err(fail(format!(
+                    "mount target {:?} is used by more than one --mount",
+                    m.target
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A `--secret`'s value; `None` when it was not given (or its variable is unset).
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.req.secrets.get(id) {
+            None => Ok(None),
+            Some(SecretSource::File(path)) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| format!("reading secret {id:?} from {}: {e}", path.display())),
+            Some(SecretSource::Env(var)) => Ok(std::env::var_os(var).map(|v| {
+                use std::os::unix::ffi::OsStringExt;
+                v.into_vec()
+            })),
         }
     }
 
@@ -1260,6 +1613,78 @@ fn dir_node(now: (i64, u32)) -> SrcNode {
     SrcNode::dir(0o755, 0, 0, now)
 }
 
+/// Where a mount goes: absolute, or relative to the WORKDIR (as BuildKit), cleaned. Not the
+/// root, not /proc.
+fn mount_target(target: &str, workdir: &str) -> Result<String, String> {
+    let joined = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("{workdir}/{target}")
+    };
+    let clean = kiln_sandbox::run::clean_absolute(&joined).unwrap_or_else(|| "/".into());
+    if clean == "/" {
+        return Err(format!(
+            "invalid mount target {target:?}: it would cover the root"
+        ));
+    }
+    if clean == "/proc" || clean.starts_with("/proc/") {
+        return Err(format!(
+            "invalid mount target {target:?}: it is inside /proc"
+        ));
+    }
+    Ok(clean)
+}
+
+/// A mount's `source` as a clean path relative to its root (`""` for the root itself).
+/// Absolute paths start at that root; a `..` that would climb above it is refused rather
+/// than quietly clamped, so a Dockerfile written to escape fails loudly.
+fn clean_source(source: &str, root: &str) -> Result<String, String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in source.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!(
+                        "source {source:?} points outside {root}: `..` may not climb above its root"
+                    ));
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// A tmpfs `size=` as Docker reads it: bytes, or a number with k, m, g, t or p (binary
+/// multiples, an optional `b`/`ib`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {text:?}: expected bytes or a number with k, m, g, t or p");
+    let t = text.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// The argv of CMD/ENTRYPOINT: exec form as is, shell form through the image's SHELL.
 fn argv_of(cl: &CommandLine, shell: &[String]) -> Vec<String> {
     match cl {
@@ -1279,5 +1704,46 @@ fn history_text(ins: &Instruction) -> String {
     match &ins.command {
         Command::Copy(_) | Command::Run(_) => format!("{text} # buildkit"),
         _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_targets_are_absolute_clean_and_not_root_or_proc() {
+        assert_eq!(
+            mount_target("/root/.cache/", "/"),
+            Ok("/root/.cache".into())
+        );
+        assert_eq!(mount_target("cache", "/src"), Ok("/src/cache".into()));
+        assert_eq!(mount_target("../x", "/src/app"), Ok("/src/x".into()));
+        for bad in ["/", ".", "/a/..", "/proc", "/tmp/../proc/self"] {
+            assert!(mount_target(bad, "/").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources_may_not_climb_out_of_their_root() {
+        assert_eq!(clean_source(".", "ctx"), Ok(String::new()));
+        assert_eq!(clean_source("/a/./b/", "ctx"), Ok("a/b".into()));
+        assert_eq!(clean_source("a/../b", "ctx"), Ok("b".into()));
+        for bad in ["..", "../x", "a/../../x", "/../etc", "./.."] {
+            let e = clean_source(bad, "the build context").unwrap_err();
+            assert!(e.contains("outside the build context"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tmpfs_sizes_read_like_docker() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("10 MB"), Ok(10 << 20));
+        for bad in ["", "m", "-1", "0", "12x", "1e9"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

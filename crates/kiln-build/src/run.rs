@@ -17,6 +17,13 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+mod cache_mount;
+mod mounts;
+mod ssh_proxy;
+
+pub use cache_mount::{remove_unused as remove_cache_mounts, CacheError, Removed};
+pub use mounts::{CacheMount, MountKind, StepMount};
+
 /// Set once the build was asked to stop.
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -76,6 +83,8 @@ pub struct Step<'a> {
     pub default_network: Network,
     /// `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: Option<i64>,
+    /// `RUN --mount`s, resolved (secrets given as `env=` are already in `env`).
+    pub mounts: Vec<StepMount<'a>>,
 }
 
 /// Runs one step on top of `state` and adds its layer. `output` receives each output line.
@@ -123,6 +132,7 @@ pub fn run_step(
             .map_err(|e| setup("writing the heredoc script")(e.to_string()))?;
         stubs.push(PathBuf::from(path.trim_start_matches('/')));
     }
+    let prepared = mounts::prepare(store, snapshots, &key, &step.mounts)?;
     let network = match step.run.network {
         Some(NetworkMode::None) => Network::None,
         Some(NetworkMode::Host) => Network::Host,
@@ -138,6 +148,7 @@ pub fn run_step(
         network,
         hosts_file: existing("/etc/hosts"),
         resolv_conf: existing("/etc/resolv.conf"),
+        extra_mounts: prepared.extra.clone(),
         ..RunSpec::new(&root, cmd.argv.clone())
     };
     let (reader, writer) =
@@ -188,7 +199,22 @@ pub fn run_step(
     watcher.thread().unpark();
     let _ = watcher.join();
     let status = status?;
-    stubs.extend(running.created_stubs().iter().cloned());
+    // Mount points of RUN --mount are removed only while empty: the step may have written
+    // next to a mount, in a directory made for it (BuildKit keeps those too).
+    let mount_stubs = running.created_mount_stubs().to_vec();
+    let all_stubs = running.created_stubs().to_vec();
+    stubs.extend(
+        all_stubs
+            .iter()
+            .filter(|s| !mount_stubs.contains(s))
+            .cloned(),
+    );
+    drop(running);
+    drop(prepared);
+    if status.success() && !mount_stubs.is_empty() {
+        kiln_sandbox::run::remove_stubs(&root, &mount_stubs)
+            .map_err(|e| setup("removing mount points")(e.to_string()))?;
+    }
     guard.unmount()?;
     if interrupted() {
         return Err(RunError::Interrupted);
@@ -204,7 +230,7 @@ pub fn run_step(
         .revert(&key, &stubs)
         .map_err(|e| setup("removing mount stubs")(e.to_string()))?;
     if let Mounts::Overlay(m) = &mounts {
-        drop_stub_parents(&m.upper, &stubs, state.rootfs(store)?);
+        drop_stub_parents(&m.upper, &all_stubs, state.rootfs(store)?);
     }
     let opts = DiffOptions::default().clamp_mtime(step.source_date_epoch);
     let (info, stats) = snapshots

@@ -313,19 +313,28 @@ fn extra_mounts_bind_read_write_and_read_only() {
     let mut spec = fs.spec(&[
         "/bin/sh",
         "-c",
-        "echo cached > /root/.cache/f; cat /run/secrets/token; echo x > /run/secrets/token 2>/dev/null && echo WROTE; true",
+        "echo cached > /root/.cache/f; cat /run/secrets/token; echo x > /run/secrets/token 2>/dev/null && echo WROTE; \
+         echo t > /scratch/t && grep -q ' /scratch tmpfs ' /proc/mounts || echo NO-TMPFS; true",
     ]);
     spec.extra_mounts = vec![
         BindMount {
             source: cache.path().into(),
             target: "/root/.cache".into(),
             readonly: false,
-        },
+        }
+        .into(),
         BindMount {
             source: secret.path().join("token"),
             target: "/run/secrets/token".into(),
             readonly: true,
-        },
+        }
+        .into(),
+        run::TmpfsMount {
+            target: "/scratch".into(),
+            size: Some(1 << 20),
+            readonly: false,
+        }
+        .into(),
     ];
     let out = capture(&spec).unwrap();
     assert_eq!(out.stdout, "s3cret", "{}", out.stderr);
@@ -339,9 +348,30 @@ fn extra_mounts_bind_read_write_and_read_only() {
             "root/.cache".into(),
             "run".into(),
             "run/secrets".into(),
-            "run/secrets/token".into()
+            "run/secrets/token".into(),
+            "scratch".into()
         ]),
         "{stubs:?}"
+    );
+    let mount_stubs: Vec<String> = out
+        .mount_stubs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        mount_stubs,
+        [
+            "root/.cache",
+            "run",
+            "run/secrets",
+            "run/secrets/token",
+            "scratch"
+        ],
+        "only the extra mounts' stubs are reported apart"
+    );
+    assert!(
+        !fs.path().join("scratch/t").exists(),
+        "the tmpfs content stays in the tmpfs"
     );
     assert!(run::remove_stubs(&fs.path(), &out.stubs)
         .unwrap()

@@ -181,6 +181,10 @@ impl Mount {
                 }
             }
             MountType::Secret => {
+                // BuildKit: `source` names the secret as well, and wins over `id`.
+                if let Some(src) = m.source.take() {
+                    m.id = Some(src);
+                }
                 if m.id.is_none() && m.target.is_none() && m.env.is_none() {
                     return Err("secret mount requires an id, a target or an env".into());
                 }
@@ -190,10 +194,15 @@ impl Mount {
                     m.id = Some(from.rsplit('/').next().unwrap_or_default().to_string());
                 }
                 if m.target.is_none() && m.env.is_none() {
-                    m.target = Some(format!("/run/secrets/{}", m.id.as_deref().unwrap_or("")));
+                    let id = m.id.as_deref().unwrap_or_default();
+                    let base = id.rsplit('/').find(|s| !s.is_empty()).unwrap_or(id);
+                    m.target = Some(format!("/run/secrets/{base}"));
                 }
             }
             MountType::Ssh => {
+                if m.source.is_some() {
+                    return Err("ssh does not support source".into());
+                }
                 if m.id.is_none() {
                     m.id = Some("default".into());
                 }

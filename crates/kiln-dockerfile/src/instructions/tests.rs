@@ -164,6 +164,13 @@ fn run_mounts_of_every_type() {
         panic!()
     };
     assert_eq!(r.mounts[0].target.as_deref(), Some("/run/secrets/npmrc"));
+    // `source` names a secret too (and wins over `id`); the default target is the base name.
+    let Command::Run(r) = cmd("RUN --mount=type=secret,id=x,source=ci/npmrc true") else {
+        panic!()
+    };
+    assert_eq!(r.mounts[0].id.as_deref(), Some("ci/npmrc"));
+    assert_eq!(r.mounts[0].source, None);
+    assert_eq!(r.mounts[0].target.as_deref(), Some("/run/secrets/npmrc"));
 }
 
 #[test]
@@ -206,6 +213,7 @@ fn run_mount_errors() {
             "type=secret",
             "secret mount requires an id, a target or an env",
         ),
+        ("type=ssh,source=/x", "ssh does not support source"),
         (
             "type=cache,target=\\\"/x",
             "unterminated quote in \"type=cache,target=\\\"/x\"",

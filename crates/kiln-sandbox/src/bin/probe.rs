@@ -79,11 +79,14 @@ fn parse_args() -> Args {
                 if parts.len() < 2 {
                     usage("--mount is SRC:DST[:ro]");
                 }
-                spec.extra_mounts.push(BindMount {
-                    source: parts[0].into(),
-                    target: parts[1].into(),
-                    readonly: parts.get(2) == Some(&"ro"),
-                });
+                spec.extra_mounts.push(
+                    BindMount {
+                        source: parts[0].into(),
+                        target: parts[1].into(),
+                        readonly: parts.get(2) == Some(&"ro"),
+                    }
+                    .into(),
+                );
             }
             "--env" => {
                 let v = val("--env");

@@ -167,7 +167,11 @@ fn target_fd(
     };
     let mut on_create = |_: BorrowedFd<'_>, _: &OsStr, rel: &PathBuf| {
         if target.stub {
-            reporter.send(&Frame::Stub(rel.clone()));
+            reporter.send(&if target.extra {
+                Frame::MountStub(rel.clone())
+            } else {
+                Frame::Stub(rel.clone())
+            });
         }
         Ok(())
     };

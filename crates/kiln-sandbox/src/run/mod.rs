@@ -39,8 +39,9 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, unlinkat, ForkResult, Pid, UnlinkatFlags};
 
 pub use plan::{
-    clean_absolute, plan, BindMount, Capability, Create, MountOp, Network, Plan, ProcessPlan,
-    RunSpec, Target, DEFAULT_CAPABILITIES, DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS,
+    clean_absolute, plan, BindMount, Capability, Create, ExtraMount, MountOp, Network, Plan,
+    ProcessPlan, RunSpec, Target, TmpfsMount, DEFAULT_CAPABILITIES, DEFAULT_PATH, MASKED_PATHS,
+    READONLY_PATHS,
 };
 
 use crate::userns::{self, MapLine};
@@ -155,6 +156,7 @@ impl Killer {
 pub struct Running {
     shared: Arc<Shared>,
     stubs: Vec<PathBuf>,
+    mount_stubs: Vec<PathBuf>,
     waiter: Option<JoinHandle<Result<ExitStatus, SandboxError>>>,
     status: Option<ExitStatus>,
 }
@@ -170,6 +172,13 @@ impl Running {
     /// Remove them with [`remove_stubs`] before diffing the step's changes.
     pub fn created_stubs(&self) -> &[PathBuf] {
         &self.stubs
+    }
+
+    /// The part of [`created_stubs`](Running::created_stubs) made for the spec's extra
+    /// mounts, in creation order. A step may have written into such a stub's directory
+    /// (outside the mount); remove them with [`remove_stubs`], which keeps what is not empty.
+    pub fn created_mount_stubs(&self) -> &[PathBuf] {
+        &self.mount_stubs
     }
 
     /// A handle that can kill the step from another thread.
@@ -242,6 +251,7 @@ pub fn spawn(plan: &Plan, io: RunIo) -> Result<Running, SandboxError> {
     let mut running = Running {
         shared,
         stubs: Vec::new(),
+        mount_stubs: Vec::new(),
         waiter: Some(waiter),
         status: None,
     };
@@ -270,6 +280,10 @@ pub fn spawn(plan: &Plan, io: RunIo) -> Result<Running, SandboxError> {
     for frame in Frame::decode_all(&bytes) {
         match frame {
             Frame::Stub(p) => running.stubs.push(p),
+            Frame::MountStub(p) => {
+                running.mount_stubs.push(p.clone());
+                running.stubs.push(p);
+            }
             f => failure = Some(f),
         }
     }
@@ -287,6 +301,7 @@ pub fn spawn(plan: &Plan, io: RunIo) -> Result<Running, SandboxError> {
     let _ = running.wait();
     let _ = remove_stubs(&plan.rootfs, &running.stubs);
     running.stubs.clear();
+    running.mount_stubs.clear();
     Err(error_from(failure, plan))
 }
 
@@ -480,7 +495,7 @@ fn error_from(frame: Frame, plan: &Plan) -> SandboxError {
                 hint,
             }
         }
-        Frame::Stub(_) => SandboxError::sys("unexpected report", Errno::EIO),
+        Frame::Stub(_) | Frame::MountStub(_) => SandboxError::sys("unexpected report", Errno::EIO),
     }
 }
 

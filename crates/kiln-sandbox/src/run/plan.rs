@@ -30,6 +30,48 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// A fresh tmpfs inside the step (`RUN --mount=type=tmpfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container; created (as a reported stub) when missing.
+    pub target: String,
+    /// Size limit in bytes (the kernel's default, half the memory, when `None`).
+    pub size: Option<u64>,
+    /// Mount it read-only.
+    pub readonly: bool,
+}
+
+/// A mount the caller adds to the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraMount {
+    /// A host path.
+    Bind(BindMount),
+    /// An empty tmpfs.
+    Tmpfs(TmpfsMount),
+}
+
+impl ExtraMount {
+    /// Where it appears in the container.
+    pub fn target(&self) -> &str {
+        match self {
+            ExtraMount::Bind(b) => &b.target,
+            ExtraMount::Tmpfs(t) => &t.target,
+        }
+    }
+}
+
+impl From<BindMount> for ExtraMount {
+    fn from(b: BindMount) -> Self {
+        ExtraMount::Bind(b)
+    }
+}
+
+impl From<TmpfsMount> for ExtraMount {
+    fn from(t: TmpfsMount) -> Self {
+        ExtraMount::Tmpfs(t)
+    }
+}
+
 /// One RUN step to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSpec {
@@ -57,8 +99,9 @@ pub struct RunSpec {
     pub hosts_file: Option<PathBuf>,
     /// File to show as /etc/resolv.conf (read-only bind), or keep the image's.
     pub resolv_conf: Option<PathBuf>,
-    /// Further bind mounts, applied last in this order.
-    pub extra_mounts: Vec<BindMount>,
+    /// Further mounts (`RUN --mount`), applied last in this order. Stubs created for them
+    /// are also reported apart, by [`crate::run::Running::created_mount_stubs`].
+    pub extra_mounts: Vec<ExtraMount>,
 }
 
 impl RunSpec {
@@ -110,6 +153,9 @@ pub struct Target {
     pub stub: bool,
     /// Skip the operation when the target does not exist (masks of optional /proc files).
     pub optional: bool,
+    /// The target of one of the spec's extra mounts: its stubs are also reported apart, so
+    /// the caller can remove them only while they are still empty, as BuildKit does.
+    pub extra: bool,
 }
 
 impl Target {
@@ -119,6 +165,7 @@ impl Target {
             create: Create::Dir,
             stub: true,
             optional: false,
+            extra: false,
         }
     }
     fn stub_file(path: &str) -> Target {
@@ -127,6 +174,7 @@ impl Target {
             create: Create::File,
             stub: true,
             optional: false,
+            extra: false,
         }
     }
     fn scratch(path: &str, create: Create) -> Target {
@@ -135,6 +183,7 @@ impl Target {
             create,
             stub: false,
             optional: false,
+            extra: false,
         }
     }
     fn optional(path: &str) -> Target {
@@ -143,6 +192,16 @@ impl Target {
             create: Create::No,
             stub: false,
             optional: true,
+            extra: false,
+        }
+    }
+    fn extra(path: &str, create: Create) -> Target {
+        Target {
+            path: path.into(),
+            create,
+            stub: true,
+            optional: false,
+            extra: true,
         }
     }
 }
@@ -455,16 +514,21 @@ pub fn plan(spec: &RunSpec) -> Plan {
         }
     }
     for m in &spec.extra_mounts {
-        mounts.push(MountOp::Bind {
-            source: m.source.clone(),
-            target: Target {
-                path: m.target.clone(),
-                create: Create::LikeSource,
-                stub: true,
-                optional: false,
+        mounts.push(match m {
+            ExtraMount::Bind(b) => MountOp::Bind {
+                source: b.source.clone(),
+                target: Target::extra(&b.target, Create::LikeSource),
+                recursive: true,
+                restrict: if b.readonly { F::MS_RDONLY } else { F::empty() },
             },
-            recursive: true,
-            restrict: if m.readonly { F::MS_RDONLY } else { F::empty() },
+            ExtraMount::Tmpfs(t) => MountOp::Mount {
+                fstype: "tmpfs",
+                target: Target::extra(&t.target, Create::Dir),
+                flags: F::MS_NOSUID
+                    | F::MS_NODEV
+                    | if t.readonly { F::MS_RDONLY } else { F::empty() },
+                data: t.size.map(|s| format!("size={s}")).unwrap_or_default(),
+            },
         });
     }
     mounts.push(MountOp::PivotRoot);
@@ -553,7 +617,12 @@ impl Plan {
             )));
         }
         for op in &self.mounts {
-            if let MountOp::Bind { target, .. } = op {
+            let target = match op {
+                MountOp::Bind { target, .. } => target,
+                MountOp::Mount { target, .. } if target.extra => target,
+                _ => continue,
+            };
+            {
                 let clean = clean_absolute(&target.path).ok_or_else(|| {
                     invalid(format!("mount target {:?} is not absolute", target.path))
                 })?;
@@ -772,24 +841,44 @@ mod tests {
                 source: "/cache".into(),
                 target: "/root/.cache".into(),
                 readonly: false,
-            },
+            }
+            .into(),
             BindMount {
                 source: "/secret".into(),
                 target: "/run/secrets/x".into(),
                 readonly: true,
-            },
+            }
+            .into(),
+            TmpfsMount {
+                target: "/tmp/scratch".into(),
+                size: Some(1 << 20),
+                readonly: false,
+            }
+            .into(),
         ];
         let p = plan(&s);
         let n = p.mounts.len();
         assert_eq!(p.mounts[n - 1], MountOp::PivotRoot);
         assert!(
-            matches!(&p.mounts[n - 3], MountOp::Bind { target, restrict, .. }
+            matches!(&p.mounts[n - 4], MountOp::Bind { target, restrict, .. }
             if target.path == "/root/.cache" && restrict.is_empty() && target.create == Create::LikeSource)
         );
         assert!(
-            matches!(&p.mounts[n - 2], MountOp::Bind { target, restrict, .. }
-            if target.path == "/run/secrets/x" && *restrict == MsFlags::MS_RDONLY && target.stub)
+            matches!(&p.mounts[n - 3], MountOp::Bind { target, restrict, .. }
+            if target.path == "/run/secrets/x" && *restrict == MsFlags::MS_RDONLY && target.stub && target.extra)
         );
+        assert!(
+            matches!(&p.mounts[n - 2], MountOp::Mount { fstype: "tmpfs", target, flags, data }
+            if target.path == "/tmp/scratch" && target.stub && target.extra && target.create == Create::Dir
+                && flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV) && data == "size=1048576")
+        );
+        // Only the extra mounts' targets are reported apart.
+        let extra = p
+            .mounts
+            .iter()
+            .filter(|op| matches!(op, MountOp::Bind { target, .. } | MountOp::Mount { target, .. } if target.extra))
+            .count();
+        assert_eq!(extra, 3);
     }
 
     #[test]
@@ -838,11 +927,34 @@ mod tests {
         s.env.push(("A=B".into(), "x".into()));
         assert!(plan(&s).validate().is_err());
         let mut s = spec();
-        s.extra_mounts.push(BindMount {
-            source: "/x".into(),
-            target: "/proc/sys".into(),
-            readonly: false,
-        });
+        s.extra_mounts.push(
+            BindMount {
+                source: "/x".into(),
+                target: "/proc/sys".into(),
+                readonly: false,
+            }
+            .into(),
+        );
+        assert!(plan(&s).validate().is_err());
+        let mut s = spec();
+        s.extra_mounts.push(
+            TmpfsMount {
+                target: "/tmp/../proc/x".into(),
+                size: None,
+                readonly: false,
+            }
+            .into(),
+        );
+        assert!(plan(&s).validate().is_err());
+        let mut s = spec();
+        s.extra_mounts.push(
+            TmpfsMount {
+                target: "/".into(),
+                size: None,
+                readonly: false,
+            }
+            .into(),
+        );
         assert!(plan(&s).validate().is_err());
     }
 

@@ -11,6 +11,8 @@ use nix::errno::Errno;
 pub(crate) enum Frame {
     /// A file or directory created in the root filesystem, relative to it.
     Stub(PathBuf),
+    /// The same, for one of the extra mounts' targets.
+    MountStub(PathBuf),
     /// Setup failed.
     Failed {
         step: String,
@@ -22,6 +24,7 @@ pub(crate) enum Frame {
 }
 
 const STUB: u8 = b'S';
+const MOUNT_STUB: u8 = b'M';
 const FAILED: u8 = b'E';
 const EXEC: u8 = b'X';
 
@@ -31,6 +34,7 @@ impl Frame {
         use std::os::unix::ffi::OsStrExt;
         let (tag, payload): (u8, Vec<u8>) = match self {
             Frame::Stub(p) => (STUB, p.as_os_str().as_bytes().to_vec()),
+            Frame::MountStub(p) => (MOUNT_STUB, p.as_os_str().as_bytes().to_vec()),
             Frame::Failed { step, path, errno } => {
                 let mut v = (*errno as i32).to_string().into_bytes();
                 v.push(0);
@@ -73,6 +77,7 @@ impl Frame {
             };
             frames.push(match tag {
                 STUB => Frame::Stub(PathBuf::from(std::ffi::OsStr::from_bytes(payload))),
+                MOUNT_STUB => Frame::MountStub(PathBuf::from(std::ffi::OsStr::from_bytes(payload))),
                 FAILED => {
                     let errno = errno(fields.next());
                     Frame::Failed {
@@ -104,6 +109,7 @@ mod tests {
         let frames = vec![
             Frame::Stub("etc/resolv.conf".into()),
             Frame::Stub("proc".into()),
+            Frame::MountStub("run/secrets/x".into()),
             Frame::Failed {
                 step: "mount proc".into(),
                 path: Some("/proc".into()),
@@ -124,7 +130,7 @@ mod tests {
         // A torn last frame is dropped, not misread.
         assert_eq!(
             Frame::decode_all(&bytes[..bytes.len() - 2]),
-            frames[..4].to_vec()
+            frames[..5].to_vec()
         );
     }
 }

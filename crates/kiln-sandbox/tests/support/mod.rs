@@ -135,6 +135,8 @@ pub struct Captured {
     pub stdout: String,
     pub stderr: String,
     pub stubs: Vec<PathBuf>,
+    /// The part of `stubs` made for extra mounts.
+    pub mount_stubs: Vec<PathBuf>,
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
@@ -162,11 +164,13 @@ pub fn capture(spec: &RunSpec) -> Result<Captured, SandboxError> {
     let mut step = run::start(spec, io)?;
     let status = step.wait()?;
     let stubs = step.created_stubs().to_vec();
+    let mount_stubs = step.created_mount_stubs().to_vec();
     Ok(Captured {
         status,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
         stubs,
+        mount_stubs,
     })
 }
 

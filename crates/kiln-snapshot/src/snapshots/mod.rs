@@ -63,6 +63,14 @@ pub use chain::{chain_ids, ChainId};
 use crate::diff::{diff_trees, diff_upper, Baseline, DiffError, DiffOptions, DiffStats};
 use crate::overlay::{self, OverlayError, XattrFlavour};
 
+/// Copies a file, or a directory with everything below it, to `dst` (which must not exist):
+/// types, owners, modes, xattrs (not overlay's), times and hard links inside the tree are kept;
+/// symlinks are copied as symlinks, never followed; sockets are left out. For trees nothing
+/// else changes meanwhile (a mounted snapshot, a cache being seeded).
+pub fn copy_path(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    tree::copy_path(src, dst)
+}
+
 /// A flattened `flat` is placed at chain depths that are multiples of this.
 const FLATTEN_STRIDE: usize = 64;
 

@@ -18,7 +18,9 @@ use std::time::Instant;
 kiln build -t app:1 -o app.tar .                      # and write a docker-loadable tarball\n  \
 kiln build --output type=oci,dest=app.oci.tar .\n  \
 kiln build -t localhost:5000/app:1 --push .          # build and push\n  \
-SOURCE_DATE_EPOCH=0 kiln build -q -t app:1 .          # reproducible; prints only the image ID")]
+SOURCE_DATE_EPOCH=0 kiln build -q -t app:1 .          # reproducible; prints only the image ID\n  \
+kiln build --secret id=npmrc,src=$HOME/.npmrc .       # RUN --mount=type=secret,id=npmrc\n  \
+kiln build --secret id=TOKEN --ssh default .          # $TOKEN as a secret; the ssh agent")]
 pub struct Args {
     #[command(flatten)]
     pub dockerfile: DockerfileArgs,
@@ -106,6 +108,17 @@ pub struct Args {
     )]
     pub jobs: usize,
 
+    /// A secret for RUN --mount=type=secret (repeatable): id=ID,src=FILE or id=ID,env=VAR
+    /// (type=file|env may be given; with neither src nor env, the variable ID if set, else the
+    /// file ID). Secrets reach no layer, config or history.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+
+    /// An ssh agent for RUN --mount=type=ssh (repeatable): ID=SOCKET, or ID alone (usually
+    /// `default`) for $SSH_AUTH_SOCK.
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
+
     /// Print only the image ID on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -168,6 +181,96 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
             _ => bail!("--label {l:?}: expected KEY=VALUE"),
         })
         .collect()
+}
+
+/// `--secret id=ID[,type=file|env][,src=FILE][,env=VAR]`, as buildx reads it.
+fn parse_secrets(
+    specs: &[String],
+) -> Result<std::collections::BTreeMap<String, kiln_build::SecretSource>> {
+    use kiln_build::SecretSource;
+    let mut out = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
+        for field in spec.split(',').filter(|f| !f.is_empty()) {
+            let Some((k, v)) = field.split_once('=') else {
+                bail!("--secret {spec:?}: expected KEY=VALUE fields, found {field:?}");
+            };
+            match k.to_ascii_lowercase().as_str() {
+                "id" => id = Some(v.to_string()),
+                "type" => kind = Some(v.to_string()),
+                "src" | "source" => src = Some(v.to_string()),
+                "env" => env = Some(v.to_string()),
+                _ => bail!("--secret {spec:?}: unknown key {k:?} (expected id, type, src or env)"),
+            }
+        }
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            bail!("--secret {spec:?}: id=ID is required");
+        };
+        let file = |path: &str| -> Result<SecretSource> {
+            let p =
+                std::path::absolute(path).with_context(|| format!("--secret id={id}: {path}"))?;
+            if !p.is_file() {
+                bail!("--secret id={id}: {} is not a readable file", p.display());
+            }
+            Ok(SecretSource::File(p))
+        };
+        let source = match (kind.as_deref(), src, env) {
+            (Some("file") | None, Some(src), None) => file(&src)?,
+            (Some("env") | None, None, Some(env)) => SecretSource::Env(env),
+            (Some("env"), None, None) => SecretSource::Env(id.clone()),
+            (Some("file"), None, None) => file(&id)?,
+            (None, None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+            (None, None, None) if std::path::Path::new(&id).is_file() => file(&id)?,
+            (None, None, None) => bail!(
+                "--secret id={id}: give src=FILE or env=VARIABLE (there is no variable or file \
+                 named {id:?})"
+            ),
+            (Some(t), _, _) if t != "file" && t != "env" => {
+                bail!("--secret {spec:?}: type must be file or env, not {t:?}")
+            }
+            _ => bail!(
+                "--secret {spec:?}: type=file takes src=FILE, type=env takes env=VARIABLE; \
+                 not both"
+            ),
+        };
+        out.insert(id, source);
+    }
+    Ok(out)
+}
+
+/// `--ssh ID[=SOCKET]`: agent sockets by id; no socket means `$SSH_AUTH_SOCK`.
+fn parse_ssh(specs: &[String]) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (id, paths) = match spec.split_once('=') {
+            Some((id, p)) => (id, p.to_string()),
+            None => (
+                spec.as_str(),
+                std::env::var("SSH_AUTH_SOCK").map_err(|_| {
+                    anyhow::anyhow!("--ssh {spec}: SSH_AUTH_SOCK is not set (start ssh-agent, or give --ssh {spec}=SOCKET)")
+                })?,
+            ),
+        };
+        if id.is_empty() || paths.is_empty() {
+            bail!("--ssh {spec:?}: expected ID or ID=SOCKET");
+        }
+        if paths.contains(',') {
+            bail!("--ssh {spec:?}: kiln forwards one agent socket per id");
+        }
+        let path = std::path::absolute(&paths).with_context(|| format!("--ssh {spec}"))?;
+        let md =
+            std::fs::metadata(&path).with_context(|| format!("--ssh {id}: {}", path.display()))?;
+        if !md.file_type().is_socket() {
+            bail!(
+                "--ssh {id}: {} is not a socket; kiln forwards ssh-agent sockets only (load the \
+                 key with ssh-add and pass the agent: --ssh {id}=$SSH_AUTH_SOCK)",
+                path.display()
+            );
+        }
+        out.insert(id.to_string(), path);
+    }
+    Ok(out)
 }
 
 fn source_date_epoch() -> Result<Option<i64>> {
@@ -287,6 +390,8 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
             (true, _) => kiln_build::Squash::New,
             _ => kiln_build::Squash::No,
         },
+        secrets: parse_secrets(&args.secrets)?,
+        ssh: parse_ssh(&args.ssh)?,
         network: match args.network.as_str() {
             "none" => kiln_dockerfile::instructions::NetworkMode::None,
             "host" => kiln_dockerfile::instructions::NetworkMode::Host,
