@@ -300,8 +300,15 @@ fn ensure_snapshots(
     snapshots: &Snapshots,
     state: &ImageState,
 ) -> Result<Vec<ChainId>, RunError> {
+    // Stages running at once often share a base: the first extracts it, the others wait for
+    // it and find it there, so each layer is extracted once per store.
+    static EXTRACTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let chains = chain_ids(&state.diff_ids());
     for (i, chain) in chains.iter().enumerate() {
+        if snapshots.exists(chain) {
+            continue;
+        }
+        let _one_at_a_time = EXTRACTING.lock().unwrap_or_else(|e| e.into_inner());
         if snapshots.exists(chain) {
             continue;
         }
