@@ -60,6 +60,27 @@ fn build_as(user: Option<&UnprivUser>, dir: &Path, store: &Path, extra: &[&str])
     Outcome { id, steps, stderr }
 }
 
+/// A scratch directory owned by the unprivileged user, with `genesis` (busybox from scratch)
+/// built into `store` there by that user. None (after the skip message) without one.
+fn rootless_work(kind: &str) -> Option<(UnprivUser, util::tools::TempRoot, std::path::PathBuf)> {
+    let user = unprivileged_user()?;
+    let work = user.scratch_dir(kind);
+    let dir = work.path();
+    if !util::fixtures::busybox_context(&dir.join("genesis")) {
+        return None;
+    }
+    user.chown(dir);
+    let store = dir.join("store");
+    let mut cmd = user.command(kiln_bin());
+    cmd.current_dir(dir)
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "-q", "-t", "genesis", "genesis"]);
+    let (out, _, err) = run(&mut cmd);
+    assert!(out.status.success(), "{err}");
+    Some((user, work, store))
+}
+
 fn blob_count(store: &Path) -> usize {
     std::fs::read_dir(store.join("blobs/sha256"))
         .map(|d| d.count())
@@ -293,21 +314,10 @@ fn a_loaded_look_alike_image_is_not_a_cache_hit() {
 /// only the last COPY; a manifest edit re-runs the install.
 #[test]
 fn rootless_install_step_reruns_only_when_the_manifest_changes() {
-    let Some(user) = unprivileged_user() else {
+    let Some((user, work, store)) = rootless_work("cache-run") else {
         return;
     };
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
-        return;
-    };
-    let work = user.scratch_dir("cache-run");
     let dir = work.path();
-    std::fs::create_dir_all(dir.join("genesis")).unwrap();
-    std::fs::copy(rootfs, dir.join("genesis/busybox.tar.xz")).unwrap();
-    std::fs::write(
-        dir.join("genesis/Dockerfile"),
-        "FROM scratch\nADD busybox.tar.xz /\n",
-    )
-    .unwrap();
     std::fs::create_dir_all(dir.join("ctx/src")).unwrap();
     std::fs::write(
         dir.join("ctx/Dockerfile"),
@@ -319,14 +329,6 @@ fn rootless_install_step_reruns_only_when_the_manifest_changes() {
     std::fs::write(dir.join("ctx/package.json"), "{\"v\": 1}\n").unwrap();
     std::fs::write(dir.join("ctx/src/index.js"), "1\n").unwrap();
     user.chown(dir);
-    let store = dir.join("store");
-    let mut cmd = user.command(kiln_bin());
-    cmd.current_dir(dir)
-        .arg("--root")
-        .arg(&store)
-        .args(["build", "-q", "-t", "genesis", "genesis"]);
-    let (out, _, err) = run(&mut cmd);
-    assert!(out.status.success(), "{err}");
 
     // The RUN's output line, not its command line.
     let installed = |o: &Outcome| {
@@ -410,21 +412,10 @@ fn rootless_install_step_reruns_only_when_the_manifest_changes() {
 /// not need never runs (it would fail).
 #[test]
 fn independent_stages_run_at_once_and_unused_ones_never() {
-    let Some(user) = unprivileged_user() else {
+    let Some((user, work, store)) = rootless_work("cache-jobs") else {
         return;
     };
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
-        return;
-    };
-    let work = user.scratch_dir("cache-jobs");
     let dir = work.path();
-    std::fs::create_dir_all(dir.join("genesis")).unwrap();
-    std::fs::copy(rootfs, dir.join("genesis/busybox.tar.xz")).unwrap();
-    std::fs::write(
-        dir.join("genesis/Dockerfile"),
-        "FROM scratch\nADD busybox.tar.xz /\n",
-    )
-    .unwrap();
     std::fs::create_dir_all(dir.join("ctx")).unwrap();
     std::fs::write(
         dir.join("ctx/Dockerfile"),
@@ -435,14 +426,6 @@ fn independent_stages_run_at_once_and_unused_ones_never() {
     )
     .unwrap();
     user.chown(dir);
-    let store = dir.join("store");
-    let mut cmd = user.command(kiln_bin());
-    cmd.current_dir(dir)
-        .arg("--root")
-        .arg(&store)
-        .args(["build", "-q", "-t", "genesis", "genesis"]);
-    let (out, _, err) = run(&mut cmd);
-    assert!(out.status.success(), "{err}");
 
     let timed = |jobs: &str| {
         let started = std::time::Instant::now();
@@ -528,13 +511,11 @@ fn squash_and_squash_all_keep_the_filesystem() {
     if !util::tools::require_root("RUN as root") {
         return;
     }
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
-        return;
-    };
     let dir = TestDir::new("squash");
     let store = dir.path().join("store");
-    std::fs::copy(rootfs, dir.write("genesis/busybox.tar.xz", b"")).unwrap();
-    dir.write("genesis/Dockerfile", "FROM scratch\nADD busybox.tar.xz /\n");
+    if !util::fixtures::busybox_context(&dir.path().join("genesis")) {
+        return;
+    }
     let (out, _, err) = run(std::process::Command::new(kiln_bin())
         .arg("--root")
         .arg(&store)

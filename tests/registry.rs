@@ -241,7 +241,6 @@ fn credential_helpers_and_registry_auth_file() {
         std::env::var("PATH").unwrap_or_default()
     );
     let k = |env: &[(&str, &Path)], args: &[&str], stdin: &str| {
-        use std::io::Write;
         let mut cmd = std::process::Command::new(kiln_bin());
         cmd.current_dir(dir.path())
             .env("PATH", &path)
@@ -251,22 +250,7 @@ fn credential_helpers_and_registry_auth_file() {
             cmd.env(k, v);
         }
         cmd.arg("--root").arg(dir.path().join("store")).args(args);
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        util::run_with_input(&mut cmd, stdin)
     };
     let (ok, _, err) = k(&[], &["build", "-q", "-t", "genesis", "genesis"], "");
     assert!(ok, "{err}");
@@ -379,27 +363,15 @@ fn login_logout_and_basic_auth() {
     std::fs::copy(rootfs, dir.path().join("genesis/busybox.tar.xz")).unwrap();
     let docker_config = dir.path().join("docker-config");
     let k2 = |store: &str, args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut cmd = std::process::Command::new(kiln_bin());
-        cmd.current_dir(dir.path())
-            .env("DOCKER_CONFIG", &docker_config)
-            .env_remove("REGISTRY_AUTH_FILE");
-        cmd.arg("--root").arg(dir.path().join(store)).args(args);
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        util::run_with_input(
+            std::process::Command::new(kiln_bin())
+                .current_dir(dir.path())
+                .env("DOCKER_CONFIG", &docker_config)
+                .env_remove("REGISTRY_AUTH_FILE")
+                .arg("--root")
+                .arg(dir.path().join(store))
+                .args(args),
+            stdin.unwrap_or(""),
         )
     };
     let k = |args: &[&str], stdin: Option<&str>| k2("store", args, stdin);

@@ -6,9 +6,8 @@
 
 mod util;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use util::registry::Registry;
 use util::token::{TokenRequest, SERVICE};
@@ -29,29 +28,15 @@ fn kiln(
     args: &[&str],
     stdin: &str,
 ) -> (bool, String, String) {
-    let mut child = Command::new(kiln_bin())
-        .current_dir(dir)
-        .env("DOCKER_CONFIG", config_dir)
-        .env_remove("REGISTRY_AUTH_FILE")
-        .arg("--root")
-        .arg(dir.join(store))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().expect("wait for kiln");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    util::run_with_input(
+        Command::new(kiln_bin())
+            .current_dir(dir)
+            .env("DOCKER_CONFIG", config_dir)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .arg("--root")
+            .arg(dir.join(store))
+            .args(args),
+        stdin,
     )
 }
 

@@ -27,17 +27,9 @@ CMD [\"sh\"]\n";
 
 /// Builds genesis (busybox from scratch) into `store` and writes its tar to `dir/genesis.tar`.
 fn genesis(dir: &Path, store: &Path, as_user: Option<&util::unpriv::UnprivUser>) -> bool {
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
+    if !util::fixtures::busybox_context(&dir.join("genesis")) {
         return false;
-    };
-    let ctx = dir.join("genesis");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy(rootfs, ctx.join("busybox.tar.xz")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nADD busybox.tar.xz /\nCMD [\"sh\"]\n",
-    )
-    .unwrap();
+    }
     let out = kiln(
         as_user,
         dir,

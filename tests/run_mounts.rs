@@ -35,16 +35,10 @@ struct Work {
 impl Work {
     fn new(kind: &str) -> Option<Work> {
         let user = unprivileged_user()?;
-        let rootfs = util::fixtures::busybox_rootfs()?;
         let dir = user.scratch_dir(kind);
-        let ctx = dir.join("genesis");
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::copy(rootfs, ctx.join("busybox.tar.xz")).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nADD busybox.tar.xz /\nCMD [\"sh\"]\n",
-        )
-        .unwrap();
+        if !util::fixtures::busybox_context(&dir.join("genesis")) {
+            return None;
+        }
         user.chown(dir.path());
         let w = Work { user, dir };
         w.ok(&["build", "-q", "-t", "genesis", "genesis"]);
@@ -685,12 +679,10 @@ fn cve_2024_1753_bind_of_a_stage_symlink_to_root_writes_nowhere_as_root() {
     if !require_root("a build as real root") {
         return;
     }
-    let Some(rootfs) = util::fixtures::busybox_rootfs() else {
-        return;
-    };
     let dir = TestDir::new("cve-2024-1753");
-    dir.write("genesis/Dockerfile", "FROM scratch\nADD busybox.tar.xz /\n");
-    std::fs::copy(rootfs, dir.path().join("genesis/busybox.tar.xz")).unwrap();
+    if !util::fixtures::busybox_context(&dir.path().join("genesis")) {
+        return;
+    }
     let marker = format!("BIND_BREAKOUT_{}", std::process::id());
     dir.write(
         "ctx/Dockerfile",

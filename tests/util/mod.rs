@@ -69,6 +69,30 @@ impl Drop for TestDir {
     }
 }
 
+/// Runs the command with `stdin` on its standard input: (success, stdout, stderr).
+pub fn run_with_input(cmd: &mut Command, stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the command and returns its output, with stdout/stderr as strings.
 pub fn run(cmd: &mut Command) -> (Output, String, String) {
     let out = cmd.output().expect("run kiln");

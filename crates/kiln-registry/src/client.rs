@@ -105,7 +105,22 @@ pub(crate) struct Target<'a> {
     pub mount_from: Option<&'a str>,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// A request on `reference`'s repository; `image` is its name as shown in messages.
+    pub(crate) fn repo(
+        image: &'a str,
+        reference: &'a kiln_oci::reference::Reference,
+        push: bool,
+    ) -> Target<'a> {
+        Target {
+            image,
+            domain: &reference.domain,
+            repo: Some(&reference.path),
+            push,
+            mount_from: None,
+        }
+    }
+
     /// The token scopes this request needs, space-separated (the form a token cache key and
     /// a challenge's `scope` parameter use): `repository:B:pull,push repository:A:pull` for a
     /// mount from A into B.

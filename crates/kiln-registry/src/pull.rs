@@ -98,18 +98,8 @@ impl Client {
         platform: &Platform,
     ) -> Result<PullReport> {
         let image = reference.to_string();
-        let t = Target {
-            image: &image,
-            domain: &reference.domain,
-            repo: Some(&reference.path),
-            push: false,
-            mount_from: None,
-        };
-        let (tag_or_digest, pinned) = match (&reference.digest, &reference.tag) {
-            (Some(d), _) => (d.clone(), Some(parse_digest(&t, d)?)),
-            (None, Some(tag)) => (tag.clone(), None),
-            (None, None) => ("latest".to_owned(), None),
-        };
+        let t = Target::repo(&image, reference, false);
+        let (tag_or_digest, pinned) = manifest_ref(&t, reference)?;
         let mut manifest = self.fetch_manifest(&t, &tag_or_digest, pinned.as_ref())?;
         if media_type::is_index(&manifest.media_type) {
             let index =
@@ -181,18 +171,8 @@ impl Client {
     /// caches.
     pub fn manifest(&self, reference: &Reference) -> Result<(Digest, String, Vec<u8>)> {
         let image = reference.to_string();
-        let t = Target {
-            image: &image,
-            domain: &reference.domain,
-            repo: Some(&reference.path),
-            push: false,
-            mount_from: None,
-        };
-        let (tag_or_digest, pinned) = match (&reference.digest, &reference.tag) {
-            (Some(d), _) => (d.clone(), Some(parse_digest(&t, d)?)),
-            (None, Some(tag)) => (tag.clone(), None),
-            (None, None) => ("latest".to_owned(), None),
-        };
+        let t = Target::repo(&image, reference, false);
+        let (tag_or_digest, pinned) = manifest_ref(&t, reference)?;
         let m = self.fetch_manifest(&t, &tag_or_digest, pinned.as_ref())?;
         Ok((Digest::of(&m.bytes), m.media_type, m.bytes))
     }
@@ -210,13 +190,7 @@ impl Client {
             return Ok(0);
         }
         let image = reference.to_string();
-        let t = Target {
-            image: &image,
-            domain: &reference.domain,
-            repo: Some(&reference.path),
-            push: false,
-            mount_from: None,
-        };
+        let t = Target::repo(&image, reference, false);
         let n = self.fetch_blob(store, &t, digest, size)?;
         remember_origins(store, reference, std::slice::from_ref(digest));
         Ok(n)
@@ -463,6 +437,16 @@ fn choose_platform<'d>(
                 available.join(", ")
             },
         }
+    })
+}
+
+/// What names the manifest in the URL (the digest, else the tag, else `latest`), and the
+/// digest its bytes must have when the reference pins one.
+fn manifest_ref(t: &Target<'_>, reference: &Reference) -> Result<(String, Option<Digest>)> {
+    Ok(match (&reference.digest, &reference.tag) {
+        (Some(d), _) => (d.clone(), Some(parse_digest(t, d)?)),
+        (None, Some(tag)) => (tag.clone(), None),
+        (None, None) => ("latest".to_owned(), None),
     })
 }
 

@@ -94,13 +94,7 @@ impl Client {
         reference: &Reference,
     ) -> Result<PushReport> {
         let image = reference.to_string();
-        let t = Target {
-            image: &image,
-            domain: &reference.domain,
-            repo: Some(&reference.path),
-            push: true,
-            mount_from: None,
-        };
+        let t = Target::repo(&image, reference, true);
         let store_err = |source| RegistryError::Store {
             image: image.clone(),
             source,
