@@ -222,6 +222,9 @@ pub fn export(
             if names.is_empty() {
                 bail!("{spec}: nothing to push to; name the image with -t NAME or name=REF");
             }
+            // The registry copy of the manifest and its gzip layers are not tagged: keep
+            // `kiln prune` away from them until they are sent.
+            let _lock = store.lock_shared()?;
             let shape = crate::cmd::push::Shape {
                 format: spec.format,
                 compression: compression.unwrap_or(Compression::GZIP),
