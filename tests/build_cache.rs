@@ -565,3 +565,25 @@ fn squash_and_squash_all_keep_the_filesystem() {
     assert_eq!(names(&trees[0].1), names(&trees[1].1), "--squash");
     assert_eq!(names(&trees[0].1), names(&trees[2].1), "--squash-all");
 }
+
+/// SOURCE_DATE_EPOCH clamps the times in new layers, so it is part of every step's key: a layer
+/// made without it is never reused by a reproducible build.
+#[test]
+fn source_date_epoch_is_an_input() {
+    let dir = TestDir::new("cache-sde");
+    let store = dir.path().join("store");
+    dir.write("ctx/Dockerfile", "FROM scratch\nCOPY a /a\n");
+    dir.write("ctx/a", "a\n");
+    build_as(None, dir.path(), &store, &[]);
+    let (out, _, err) = run(std::process::Command::new(kiln_bin())
+        .current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .arg("--root")
+        .arg(&store)
+        .args(["build", "--explain-cache", "-t", "app", "ctx"]));
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("#1 cache miss: SOURCE_DATE_EPOCH added"),
+        "{err}"
+    );
+}

@@ -756,6 +756,11 @@ impl Ctx<'_> {
         let canonical = serde_json::to_string(&ins.command)
             .map_err(|e| BuildError::step(ins, format!("describing the step: {e}")))?;
         inputs.push("instruction", canonical);
+        // SOURCE_DATE_EPOCH clamps the times in new layers: a layer made without it (or with
+        // another value) is not the layer this build would make.
+        if let Some(e) = self.req.source_date_epoch {
+            inputs.push("SOURCE_DATE_EPOCH", e.to_string());
+        }
         let planned = match &ins.command {
             Command::Copy(cp) => {
                 let planned = self.plan_copy(state, scope, ins, cp)?;
