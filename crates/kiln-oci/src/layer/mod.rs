@@ -18,7 +18,7 @@ pub use entry::{
     opaque_whiteout_path, whiteout_path, whiteout_target, EntryKind, TarEntry, Whiteout,
     OPAQUE_WHITEOUT, WHITEOUT_PREFIX,
 };
-pub use reader::{open_layer, Entries, LayerReader};
+pub use reader::{open_layer, read_full, Entries, LayerReader};
 pub use writer::LayerWriter;
 
 use crate::compression::{Compression, Encoder};

@@ -301,7 +301,9 @@ impl<R: Read> Iterator for Entries<'_, R> {
     }
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the reader ends; returns how many bytes were read (fewer than
+/// `buf.len()` only at the end). Unlike `read_exact`, the end is not an error.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

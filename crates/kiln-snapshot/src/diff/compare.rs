@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -493,8 +493,8 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, DiffError> {
     let mut ba = vec![0u8; CHUNK];
     let mut bb = vec![0u8; CHUNK];
     loop {
-        let na = read_full(&mut fa, &mut ba).map_err(io_err("read", a))?;
-        let nb = read_full(&mut fb, &mut bb).map_err(io_err("read", b))?;
+        let na = kiln_oci::layer::read_full(&mut fa, &mut ba).map_err(io_err("read", a))?;
+        let nb = kiln_oci::layer::read_full(&mut fb, &mut bb).map_err(io_err("read", b))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -502,19 +502,6 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, DiffError> {
             return Ok(true);
         }
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// A file name ordered by its bytes, as the overlay differ orders names.
