@@ -547,15 +547,24 @@ fn ensure_pulled(store: &Store, req: &BuildRequest, name: &str) -> Result<(), Im
     if req.pull == PullPolicy::Missing && store.resolve(&reference.to_string())?.is_some() {
         return Ok(());
     }
-    let p = &req.options.target_platform;
-    let mut platform = kiln_registry::Platform::new(&p.os, &p.architecture);
-    if let Some(v) = &p.variant {
-        platform = platform.with_variant(v);
-    }
     registry_client(req)
-        .pull(store, &reference, &platform)
+        .pull(
+            store,
+            &reference,
+            &registry_platform(&req.options.target_platform),
+        )
         .map_err(|e| ImageError::Unsupported(format!("pulling {}: {e}", reference.familiar())))?;
     Ok(())
+}
+
+/// The front end's platform as the registry client takes it (the crates keep their own
+/// types, so neither depends on the other).
+pub fn registry_platform(p: &kiln_dockerfile::stages::Platform) -> kiln_registry::Platform {
+    let platform = kiln_registry::Platform::new(&p.os, &p.architecture);
+    match &p.variant {
+        Some(v) => platform.with_variant(v),
+        None => platform,
+    }
 }
 
 /// A registry client with the request's logins and insecure registries.

@@ -33,6 +33,6 @@ pub mod users;
 pub use kiln_oci::reference;
 
 pub use exec::{
-    build, BuildError, BuildRequest, Built, Event, NoProgress, Progress, PullPolicy, SecretSource,
-    Squash,
+    build, registry_platform, BuildError, BuildRequest, Built, Event, NoProgress, Progress,
+    PullPolicy, SecretSource, Squash,
 };

@@ -29,10 +29,7 @@ pub fn run(args: Args, root: Option<&PathBuf>) -> Result<ExitCode> {
         Some(p) => Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform: {e}"))?,
         None => Platform::host(),
     };
-    let mut platform = kiln_registry::Platform::new(&p.os, &p.architecture);
-    if let Some(v) = &p.variant {
-        platform = platform.with_variant(v);
-    }
+    let platform = kiln_build::registry_platform(&p);
     let store = crate::store::open(root)?;
     let _lock = store.lock_shared()?;
     let mut client = crate::auth::client_for(&args.insecure_registries, &[&reference.domain])?;
