@@ -221,37 +221,28 @@ impl Dockerd {
         let code = "import tarfile,hashlib,sys\nfor m in tarfile.open(sys.argv[1]):\n    \
             h = hashlib.sha256(tarfile.open(sys.argv[1]).extractfile(m).read()).hexdigest()[:16] if m.isfile() else ''\n    \
             print(f'{m.name}\\t{m.type!r} {oct(m.mode)} {m.uid}:{m.gid} {m.size} {m.linkname} {h}')";
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(code)
-            .arg(&tar)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            // dockerd adds these to every container it creates.
-            .filter(|(p, _)| {
-                !matches!(
-                    *p,
-                    ".dockerenv"
-                        | "etc/hostname"
-                        | "etc/hosts"
-                        | "etc/resolv.conf"
-                        | "etc/mtab"
-                        | "proc"
-                        | "sys"
-                        | "dev"
-                ) && !p.starts_with("dev/")
-            })
-            .map(|(p, v)| (p.trim_end_matches('/').to_string(), v.to_string()))
-            .collect()
+        assert_success(
+            &output(Command::new("python3").arg("-c").arg(code).arg(&tar)),
+            "python3 listing of the exported tar",
+        )
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        // dockerd adds these to every container it creates.
+        .filter(|(p, _)| {
+            !matches!(
+                *p,
+                ".dockerenv"
+                    | "etc/hostname"
+                    | "etc/hosts"
+                    | "etc/resolv.conf"
+                    | "etc/mtab"
+                    | "proc"
+                    | "sys"
+                    | "dev"
+            ) && !p.starts_with("dev/")
+        })
+        .map(|(p, v)| (p.trim_end_matches('/').to_string(), v.to_string()))
+        .collect()
     }
 
     /// Exports both images and asserts their file trees are identical; returns how many paths

@@ -256,64 +256,6 @@ pub fn build(
     req: &BuildRequest,
     progress: &mut dyn Progress,
 ) -> Result<Built, BuildError> {
-    build_with(store, req, progress)
-}
-
-/// Where a stage's steps report: the build's one progress sink and step numbering.
-struct StageProgress<'p, 'q, 'r> {
-    sink: &'p Mutex<&'q mut (dyn Progress + 'r)>,
-    ids: &'p AtomicUsize,
-    id: usize,
-}
-
-impl StageProgress<'_, '_, '_> {
-    fn send(&self, e: Event) {
-        if let Ok(mut p) = self.sink.lock() {
-            p.event(e);
-        }
-    }
-
-    fn step(&mut self, stage: &str, step: usize, total: usize, text: &str) {
-        self.id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
-        self.send(Event::Step {
-            id: self.id,
-            stage,
-            step,
-            total,
-            text,
-        });
-    }
-
-    fn cache(&self, hit: bool, reason: Option<&str>) {
-        self.send(Event::Cache {
-            id: self.id,
-            hit,
-            reason,
-        });
-    }
-
-    fn output(&self, line: &str) {
-        self.send(Event::Output { id: self.id, line });
-    }
-
-    fn done(&self, elapsed: Duration, cached: bool) {
-        self.send(Event::Done {
-            id: self.id,
-            elapsed,
-            cached,
-        });
-    }
-
-    fn warning(&self, w: &str) {
-        self.send(Event::Warning(w));
-    }
-}
-
-fn build_with(
-    store: &Store,
-    req: &BuildRequest,
-    progress: &mut dyn Progress,
-) -> Result<Built, BuildError> {
     let df = Dockerfile::parse(&req.dockerfile).map_err(BuildError::Dockerfile)?;
     let plan = df.plan(&req.options)?;
     // Blobs written before the tag lands are unreachable; the shared lock keeps `prune` (which
@@ -531,6 +473,56 @@ fn build_with(
         config,
         warnings,
     })
+}
+
+/// Where a stage's steps report: the build's one progress sink and step numbering.
+struct StageProgress<'p, 'q, 'r> {
+    sink: &'p Mutex<&'q mut (dyn Progress + 'r)>,
+    ids: &'p AtomicUsize,
+    id: usize,
+}
+
+impl StageProgress<'_, '_, '_> {
+    fn send(&self, e: Event) {
+        if let Ok(mut p) = self.sink.lock() {
+            p.event(e);
+        }
+    }
+
+    fn step(&mut self, stage: &str, step: usize, total: usize, text: &str) {
+        self.id = self.ids.fetch_add(1, Ordering::SeqCst) + 1;
+        self.send(Event::Step {
+            id: self.id,
+            stage,
+            step,
+            total,
+            text,
+        });
+    }
+
+    fn cache(&self, hit: bool, reason: Option<&str>) {
+        self.send(Event::Cache {
+            id: self.id,
+            hit,
+            reason,
+        });
+    }
+
+    fn output(&self, line: &str) {
+        self.send(Event::Output { id: self.id, line });
+    }
+
+    fn done(&self, elapsed: Duration, cached: bool) {
+        self.send(Event::Done {
+            id: self.id,
+            elapsed,
+            cached,
+        });
+    }
+
+    fn warning(&self, w: &str) {
+        self.send(Event::Warning(w));
+    }
 }
 
 /// Fetches a base image from its registry as the pull policy says (archive transports and
