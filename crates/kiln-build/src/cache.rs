@@ -82,14 +82,13 @@ pub fn hidden(value: &str) -> String {
     Digest::of(value.as_bytes()).to_string()
 }
 
-/// A layer a step made, as its record keeps it.
+/// A layer a step made, as its record keeps it. kiln stores the layers it builds
+/// uncompressed, so the stored blob is the diffID.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedLayer {
-    /// The stored blob (uncompressed, so also the diffID).
-    pub digest: Digest,
-    /// Digest of the uncompressed tar.
+    /// Digest of the uncompressed tar: the blob in the store and the config's diffID.
     pub diff_id: Digest,
-    /// Blob size.
+    /// Its size.
     pub size: u64,
 }
 
@@ -98,7 +97,7 @@ impl CachedLayer {
     pub fn info(&self) -> LayerInfo {
         LayerInfo {
             diff_id: self.diff_id.clone(),
-            digest: self.digest.clone(),
+            digest: self.diff_id.clone(),
             size: self.size,
             uncompressed_size: self.size,
             compression: Compression::None,
@@ -109,9 +108,8 @@ impl CachedLayer {
     /// From a layer just written.
     pub fn of(info: &LayerInfo) -> CachedLayer {
         CachedLayer {
-            digest: info.digest.clone(),
             diff_id: info.diff_id.clone(),
-            size: info.size,
+            size: info.uncompressed_size,
         }
     }
 }
@@ -187,7 +185,6 @@ impl StepCache {
                 None => None,
                 Some(l) => match imported.fetch(store, &l) {
                     Ok(size) => Some(CachedLayer {
-                        digest: l.diff_id().clone(),
                         diff_id: l.diff_id().clone(),
                         size,
                     }),
@@ -218,7 +215,7 @@ impl StepCache {
         let bytes = std::fs::read(self.record_path(key)).ok()?;
         let record: Record = serde_json::from_slice(&bytes).ok()?;
         if let Some(l) = &record.layer {
-            match store.blob_size(&l.digest) {
+            match store.blob_size(&l.diff_id) {
                 Ok(size) if size == l.size => {}
                 _ => return None,
             }
@@ -518,7 +515,6 @@ mod tests {
         let rec = Record {
             created: (5, 6),
             layer: Some(CachedLayer {
-                digest: digest.clone(),
                 diff_id: digest,
                 size,
             }),
@@ -528,7 +524,6 @@ mod tests {
         assert_eq!(cache.lookup(&store, &key), Some(rec.clone()));
         let missing = Record {
             layer: Some(CachedLayer {
-                digest: Digest::of(b"gone"),
                 diff_id: Digest::of(b"gone"),
                 size: 4,
             }),

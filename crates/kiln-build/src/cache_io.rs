@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 /// Media type of an exported cache's config blob.
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.build-cache.config.v1+json";
+/// The largest step list (config blob) kiln reads from a registry.
+const MAX_CACHE_LIST: u64 = 64 << 20;
 /// Image config field that carries an inline cache.
 pub const INLINE_KEY: &str = "kiln.build-cache.v1";
 
@@ -174,8 +176,13 @@ impl Imported {
         ))
     }
 
-    /// Reads the cache (or an image with an inline cache) at `reference`.
-    pub fn open_registry(client: Client, reference: &Reference) -> Result<Imported, String> {
+    /// Reads the cache (or an image with an inline cache) at `reference`. Its config blob (the
+    /// step list) is fetched into `store`, so the next build with this cache reads it locally.
+    pub fn open_registry(
+        client: Client,
+        reference: &Reference,
+        store: &Store,
+    ) -> Result<Imported, String> {
         let name = reference.to_string();
         let (_, mt, bytes) = client.manifest(reference).map_err(|e| e.to_string())?;
         if media_type::is_index(&mt) {
@@ -183,13 +190,18 @@ impl Imported {
                 "{name} is a multi-platform index; name one platform's image as the cache"
             ));
         }
-        let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let tmp = Store::open(scratch.path()).map_err(|e| e.to_string())?;
         let (doc, layers) = parse(&name, bytes, |d, size| {
+            if size > MAX_CACHE_LIST {
+                return Err(format!(
+                    "{name}: its config blob is {size} bytes, too large"
+                ));
+            }
             client
-                .blob(&tmp, reference, d, size)
+                .blob(store, reference, d, size)
                 .map_err(|e| e.to_string())?;
-            tmp.read_blob(d, 64 << 20).map_err(|e| e.to_string())
+            store
+                .read_blob(d, MAX_CACHE_LIST)
+                .map_err(|e| e.to_string())
         })?;
         Ok(Imported::new(
             name,

@@ -284,7 +284,7 @@ pub fn build(
     for from in &req.cache_from {
         let opened = match from {
             CacheLocation::Local(dir) => Imported::open_local(dir),
-            CacheLocation::Registry(r) => Imported::open_registry(registry_client(req), r),
+            CacheLocation::Registry(r) => Imported::open_registry(registry_client(req), r, store),
             CacheLocation::Inline => Err("type=inline is for --cache-to".into()),
         };
         match opened {
