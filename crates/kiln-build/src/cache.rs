@@ -19,7 +19,7 @@
 //! Records are written through a temporary file renamed into place; one that cannot be read
 //! is a miss, never an error, so a damaged cache costs time and nothing else.
 
-use crate::copy::{Content, Planned};
+use crate::copy::{Content, SrcNode};
 use kiln_oci::digest::{Digest, Sha256Hasher};
 use kiln_oci::layer::LayerInfo;
 use kiln_oci::Compression;
@@ -278,9 +278,31 @@ impl StepCache {
         }
     }
 
-    /// Content digest of a planned entry's bytes (`None` for entries without content).
-    pub fn content_digest(&self, p: &Planned, blobs: &Path) -> io::Result<Option<Digest>> {
-        match &p.node.content {
+    /// How a file enters a key: type, mode, owner, size, content digest and xattrs — not
+    /// its mtime. `blobs` is the store's blob directory (slices of stored layers are
+    /// memoized; other tar files are temporary).
+    pub fn describe_file(&self, node: &SrcNode, blobs: &Path) -> io::Result<String> {
+        let content = self.content_digest(node, blobs)?;
+        let xattrs: Vec<String> = node
+            .xattrs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", Digest::of(v)))
+            .collect();
+        Ok(format!(
+            "{:?} {:o} {}:{} {} {} [{}]",
+            node.kind,
+            node.mode,
+            node.uid,
+            node.gid,
+            node.size,
+            content.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            xattrs.join(",")
+        ))
+    }
+
+    /// Content digest of a node's bytes (`None` for entries without content).
+    fn content_digest(&self, node: &SrcNode, blobs: &Path) -> io::Result<Option<Digest>> {
+        match &node.content {
             Content::None => Ok(None),
             Content::Bytes(b) => Ok(Some(Digest::of(b))),
             Content::Path(path) => {
@@ -291,11 +313,11 @@ impl StepCache {
             Content::Slice { file, offset } => {
                 // Stored blobs never change, so their name and the range identify the bytes;
                 // other tar files (a decompressed ADD archive) are temporary.
-                let key = format!("s {} {offset} {}", file.display(), p.node.size);
+                let key = format!("s {} {offset} {}", file.display(), node.size);
                 let read = || {
                     let mut f = File::open(file)?;
                     f.seek(SeekFrom::Start(*offset))?;
-                    hash_reader(f.take(p.node.size))
+                    hash_reader(f.take(node.size))
                 };
                 if file.starts_with(blobs) {
                     self.memoized(key, read).map(Some)
@@ -546,16 +568,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a");
         std::fs::write(&f, b"one").unwrap();
-        let planned = |path: &Path| Planned {
-            path: "a".into(),
-            node: crate::copy::SrcNode {
-                content: Content::Path(path.to_path_buf()),
-                ..crate::copy::SrcNode::dir(0o644, 0, 0, (0, 0))
-            },
+        let node = |path: &Path| SrcNode {
+            content: Content::Path(path.to_path_buf()),
+            ..SrcNode::dir(0o644, 0, 0, (0, 0))
         };
         let blobs = dir.path().join("blobs");
         let cache = StepCache::open(dir.path(), "b");
-        let d = |c: &StepCache| c.content_digest(&planned(&f), &blobs).unwrap().unwrap();
+        let d = |c: &StepCache| c.content_digest(&node(&f), &blobs).unwrap().unwrap();
         assert_eq!(d(&cache), Digest::of(b"one"));
         cache.finish();
         // Rewritten with the same size: ctime moves, so the digest is recomputed.

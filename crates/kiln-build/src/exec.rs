@@ -768,34 +768,17 @@ impl Ctx<'_> {
                 let blobs = self.store.root().join("blobs");
                 let mut groups: BTreeMap<(u64, u64), &str> = BTreeMap::new();
                 for p in &planned {
-                    let n = &p.node;
-                    let content = self
+                    let file = self
                         .cache
-                        .content_digest(p, &blobs)
+                        .describe_file(&p.node, &blobs)
                         .map_err(|e| BuildError::step(ins, format!("reading {}: {e}", p.path)))?;
                     // Two names of one file stay one file: the group is part of the input.
-                    let group = n
+                    let group = p
+                        .node
                         .link_key
                         .map(|k| *groups.entry(k).or_insert(p.path.as_str()))
                         .unwrap_or("");
-                    let xattrs: Vec<String> = n
-                        .xattrs
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", Digest::of(v)))
-                        .collect();
-                    inputs.push(
-                        format!("file /{}", p.path),
-                        format!(
-                            "{:?} {:o} {}:{} {} {} [{}] {group}",
-                            n.kind,
-                            n.mode,
-                            n.uid,
-                            n.gid,
-                            n.size,
-                            content.map_or_else(|| "-".to_owned(), |d| d.to_string()),
-                            xattrs.join(",")
-                        ),
-                    );
+                    inputs.push(format!("file /{}", p.path), format!("{file} {group}"));
                 }
                 Some(planned)
             }
@@ -1074,25 +1057,11 @@ impl Ctx<'_> {
                     let blobs = self.store.root().join("blobs");
                     let root = tree.get(&source).into_iter().map(|n| (&source, n));
                     for (path, node) in root.chain(tree.below(&source)) {
-                        let planned = Planned {
-                            path: path.clone(),
-                            node: node.clone(),
-                        };
-                        let content = self
+                        let file = self
                             .cache
-                            .content_digest(&planned, &blobs)
+                            .describe_file(node, &blobs)
                             .map_err(|e| BuildError::step(ins, format!("reading {path}: {e}")))?;
-                        h.update(
-                            format!(
-                                "{path}\0{:?} {:o} {}:{} {}\n",
-                                node.kind,
-                                node.mode,
-                                node.uid,
-                                node.gid,
-                                content.map_or_else(|| "-".to_owned(), |d| d.to_string())
-                            )
-                            .as_bytes(),
-                        );
+                        h.update(format!("{path}\0{file}\n").as_bytes());
                     }
                     h.finish().0.to_string()
                 }

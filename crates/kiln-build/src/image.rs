@@ -291,7 +291,10 @@ impl ImageState {
         now: (i64, u32),
     ) -> Result<(), ImageError> {
         let merged_count = self.layers.len().saturating_sub(from);
-        if merged_count < 2 && !(from == 0 && merged_count == 1) {
+        // --squash of one new layer changes nothing; --squash-all still rewrites a lone layer
+        // (its history becomes the squash entry).
+        let least = if from == 0 { 1 } else { 2 };
+        if merged_count < least {
             return Ok(());
         }
         // path -> what the merged layer holds there.
