@@ -403,7 +403,7 @@ fn convert_layers(
 }
 
 /// The manifest to send to a registry for image `manifest`: layers in `compression` and media
-/// types of `format`, stored as a new blob when anything differs (the config blob, and so the
+/// types of `format` (`None`: the image's own, OCI or Docker), stored as a new blob when anything differs (the config blob, and so the
 /// image ID, stays the same). An image already in that shape comes back unchanged, so pushing a
 /// pulled image keeps its digest.
 ///
@@ -413,7 +413,7 @@ pub fn registry_manifest(
     store: &Store,
     manifest: &Digest,
     compression: Compression,
-    format: ManifestFormat,
+    format: Option<ManifestFormat>,
 ) -> Result<Digest> {
     let what = || format!("manifest {manifest}");
     let parsed = image::read_manifest(store, manifest)?;
@@ -446,6 +446,11 @@ pub fn registry_manifest(
         .as_ref()
         .map(|m| m.to_string())
         .unwrap_or_else(|| media_type::OCI_MANIFEST.to_owned());
+    let format = format.unwrap_or(if declared == media_type::DOCKER_MANIFEST {
+        ManifestFormat::Docker
+    } else {
+        ManifestFormat::Oci
+    });
     if !changed && declared == format.manifest_media_type() {
         return Ok(manifest.clone());
     }

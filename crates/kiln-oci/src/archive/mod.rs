@@ -436,8 +436,13 @@ mod tests {
         let (manifest, config) = tiny_image(&store);
         let read = |d: &Digest| image::read_manifest(&store, d).unwrap().value;
 
-        let oci =
-            registry_manifest(&store, &manifest, Compression::GZIP, ManifestFormat::Oci).unwrap();
+        let oci = registry_manifest(
+            &store,
+            &manifest,
+            Compression::GZIP,
+            Some(ManifestFormat::Oci),
+        )
+        .unwrap();
         assert_ne!(oci, manifest, "uncompressed layers must be re-encoded");
         let m = read(&oci);
         assert_eq!(
@@ -447,17 +452,30 @@ mod tests {
         assert_eq!(Digest::from_oci(m.config().digest()).unwrap(), config);
         // Already in shape: the same digest back, so a pulled image keeps its digest.
         assert_eq!(
-            registry_manifest(&store, &oci, Compression::GZIP, ManifestFormat::Oci).unwrap(),
+            registry_manifest(&store, &oci, Compression::GZIP, Some(ManifestFormat::Oci)).unwrap(),
             oci
         );
 
-        let docker =
-            registry_manifest(&store, &manifest, Compression::GZIP, ManifestFormat::Docker)
-                .unwrap();
+        let docker = registry_manifest(
+            &store,
+            &manifest,
+            Compression::GZIP,
+            Some(ManifestFormat::Docker),
+        )
+        .unwrap();
         let m = read(&docker);
         assert_eq!(
             m.media_type().as_ref().unwrap().to_string(),
             image::media_type::DOCKER_MANIFEST
+        );
+        // No format asked: each image keeps its own dialect.
+        assert_eq!(
+            registry_manifest(&store, &docker, Compression::GZIP, None).unwrap(),
+            docker
+        );
+        assert_eq!(
+            registry_manifest(&store, &oci, Compression::GZIP, None).unwrap(),
+            oci
         );
         assert_eq!(
             m.config().media_type().to_string(),
@@ -470,8 +488,13 @@ mod tests {
             "the gzip blob is made once and shared"
         );
         // Docker media types have no zstd.
-        let err = registry_manifest(&store, &manifest, Compression::ZSTD, ManifestFormat::Docker)
-            .unwrap_err();
+        let err = registry_manifest(
+            &store,
+            &manifest,
+            Compression::ZSTD,
+            Some(ManifestFormat::Docker),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("zstd"), "{err}");
     }
 

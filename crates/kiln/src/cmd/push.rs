@@ -6,7 +6,7 @@
 
 use crate::images;
 use anyhow::{bail, Context, Result};
-use kiln_oci::image::{self, ManifestFormat};
+use kiln_oci::image::ManifestFormat;
 use kiln_oci::reference::Reference;
 use kiln_oci::store::Store;
 use kiln_oci::{Compression, Digest};
@@ -69,15 +69,6 @@ pub fn parse_format(s: &str) -> Result<ManifestFormat> {
     }
 }
 
-/// The stored image's manifest dialect.
-fn stored_format(store: &Store, manifest: &Digest) -> Result<ManifestFormat> {
-    let m = image::read_manifest(store, manifest)?;
-    Ok(match m.value.media_type().as_ref().map(|t| t.to_string()) {
-        Some(t) if t == image::media_type::DOCKER_MANIFEST => ManifestFormat::Docker,
-        _ => ManifestFormat::Oci,
-    })
-}
-
 /// Puts image `manifest` into the shape `shape` asks for and pushes it to `dest`.
 pub fn push_image(
     store: &Store,
@@ -86,12 +77,9 @@ pub fn push_image(
     dest: &Reference,
     shape: &Shape,
 ) -> Result<PushReport> {
-    let format = match shape.format {
-        Some(f) => f,
-        None => stored_format(store, manifest)?,
-    };
-    let ready = kiln_oci::archive::registry_manifest(store, manifest, shape.compression, format)
-        .with_context(|| format!("preparing {} for the registry", dest.familiar()))?;
+    let ready =
+        kiln_oci::archive::registry_manifest(store, manifest, shape.compression, shape.format)
+            .with_context(|| format!("preparing {} for the registry", dest.familiar()))?;
     client
         .push(store, &ready, dest)
         .with_context(|| format!("pushing {}", dest.familiar()))
