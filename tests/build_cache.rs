@@ -427,6 +427,8 @@ fn independent_stages_run_at_once_and_unused_ones_never() {
     .unwrap();
     user.chown(dir);
 
+    // A first build extracts the base into a snapshot once; the timed builds measure the stages.
+    build_as(Some(&user), dir, &store, &["--jobs", "2"]);
     let timed = |jobs: &str| {
         let started = std::time::Instant::now();
         let o = build_as(Some(&user), dir, &store, &["--no-cache", "--jobs", jobs]);
@@ -447,10 +449,10 @@ fn independent_stages_run_at_once_and_unused_ones_never() {
     let first_done = o
         .stderr
         .lines()
-        .position(|l| l.ends_with(" DONE 2.0s") || l.contains(" DONE 2."));
+        .position(|l| l.contains(" DONE "))
+        .unwrap_or(0);
     assert!(
-        step_of("echo one") < first_done.unwrap_or(0)
-            && step_of("echo two") < first_done.unwrap_or(0),
+        step_of("echo one") < first_done && step_of("echo two") < first_done,
         "both RUNs start before the first ends:\n{}",
         o.stderr
     );
